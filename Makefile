@@ -1,0 +1,54 @@
+# The two README commands: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CONFIG ?=
+
+.PHONY: run test lint typecheck pytest bench chaos soak sysdeps clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Re-install only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+$(VENV)/.installed-bench: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(VENV)/bin/bridge run $(if $(CONFIG),-c $(CONFIG))
+
+# System packages the tests need (ffmpeg as the independent RTP peer, systemd-analyze).
+sysdeps:
+	./scripts/install-system-deps
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check bridge tests bench
+
+typecheck: $(VENV)/.installed-test
+	$(VENV)/bin/mypy --strict bridge
+
+pytest: $(VENV)/.installed-test
+	$(VENV)/bin/pytest -q
+
+test: sysdeps lint typecheck pytest
+
+bench: $(VENV)/.installed-bench
+	$(PY) bench/run_all.py
+
+chaos: $(VENV)/.installed-bench
+	$(PY) bench/chaos.py
+
+soak: $(VENV)/.installed-bench
+	$(PY) bench/soak.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
