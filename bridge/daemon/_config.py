@@ -1,0 +1,1120 @@
+"""The daemon's configuration: one TOML file decoded into frozen, validated msgspec Structs.
+
+``load_config``/``parse_config`` turn TOML into a :class:`Config`; every value is checked
+while decoding, and any problem becomes one :class:`~bridge._errors.ConfigError` that names
+the file, the field path (``routes[2].stream.buffer``) and what is wrong.
+``dump_config`` writes the resolved configuration back as TOML, and ``match_route`` picks
+the route for a new call. docs/configuration.md is the user-facing reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import ipaddress
+import math
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+
+import msgspec
+
+from .._errors import ConfigError
+
+__all__ = [
+    "AdminConfig",
+    "AppConfig",
+    "AppMode",
+    "AudioSocketConfig",
+    "AuthConfig",
+    "CallbackConfig",
+    "CallbacksConfig",
+    "Carrier",
+    "Codec",
+    "Config",
+    "DaemonConfig",
+    "Duration",
+    "Encapsulation",
+    "KeyValueMatch",
+    "Listener",
+    "LogFormat",
+    "LogLevel",
+    "MatchConfig",
+    "RecordsConfig",
+    "RouteConfig",
+    "RtpConfig",
+    "SampleRate",
+    "StreamConfig",
+    "StreamOverrides",
+    "WebSocketConfig",
+    "dump_config",
+    "load_config",
+    "match_route",
+    "parse_config",
+    "parse_duration",
+    "parse_listen",
+]
+
+# --------------------------------------------------------------------------- value types
+
+LogLevel: TypeAlias = Literal["debug", "info", "warning", "error"]
+LogFormat: TypeAlias = Literal["json", "console"]
+Listener: TypeAlias = Literal["audiosocket", "websocket", "rtp"]
+Carrier: TypeAlias = Literal["twilio", "telnyx", "plivo"]
+Encapsulation: TypeAlias = Literal["sln", "twilio", "telnyx", "plivo", "rtp", "audiosocket"]
+SampleRate: TypeAlias = Literal[8000, 16000, 24000, 48000]
+Codec: TypeAlias = Literal["pcmu", "pcma", "l16"]
+AppMode: TypeAlias = Literal["connect", "accept"]
+
+# A duration is a TOML string with a unit. The Meta marker is how error reporting
+# recognises a duration field (to explain the syntax when someone writes a bare number).
+Duration: TypeAlias = Annotated[str, msgspec.Meta(extra={"bridge_type": "duration"})]
+
+_DURATION_RE = re.compile(r"(?P<num>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
+_UNIT_S: dict[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_HINT = (
+    'a duration is a string: a number and a unit (ms, s, m, h, d), e.g. "20ms", "1.5s", "5m", "4h"'
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_duration(text: str) -> float:
+    """Seconds in a duration string (``"20ms"`` → 0.02). Raises ValueError with an example.
+
+    Cached: the ``X_s`` properties call this on every access, and a config holds only a
+    few dozen distinct strings.
+    """
+    m = _DURATION_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"invalid duration {text!r}; {_DURATION_HINT}")
+    num = float(m["num"])
+    # Divide for milliseconds so "20ms" is exactly the float 0.02, not 20 * 0.001.
+    return num / 1000.0 if m["unit"] == "ms" else num * _UNIT_S[m["unit"]]
+
+
+def _fmt_seconds(seconds: float) -> str:
+    """A human duration for error messages (the inverse of parse_duration, roughly)."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` is not an IPv4 address or a DNS hostname, or None when it is fine."""
+    if not host:
+        return "the host is empty (use 0.0.0.0 for every interface)"
+    labels = host.split(".")
+    if all(label.isdigit() for label in labels):
+        # All-numeric: it was meant as an IPv4 address, so hold it to that.
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host!r} is not a valid IPv4 address"
+        return None
+    if len(host) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+        return f"{host!r} is not a valid hostname or IP address"
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """``"host:port"`` → ``(host, port)``; ``"[::1]:8080"`` → ``("::1", 8080)``; ``""`` → None.
+
+    The IPv6 brackets are dropped so the host can be handed to a socket call as is.
+    Raises ValueError with an example of the expected form.
+    """
+    if text == "":
+        return None
+    example = 'expected "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080" ("" disables)'
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"invalid address {text!r}; {example}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not a valid IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"invalid address {text!r}; {example}")
+        if ":" in host:
+            raise ValueError(f'an IPv6 address needs brackets, e.g. "[{host}]:{port_text}"')
+        problem = _host_problem(host)
+        if problem is not None:
+            raise ValueError(f"{problem}; {example}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"invalid port {port_text!r} in {text!r}: a port is 1..65535")
+    return host, int(port_text)
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+class _FieldError(ValueError):
+    """A validation failure at ``field`` (relative to the struct that raises it).
+
+    msgspec wraps a ValueError from ``__post_init__`` into a ValidationError that points
+    at the struct; the original exception is its ``__cause__``, so ``_to_config_error``
+    can append ``field`` and report the exact path.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+# A check takes the field name and its value and raises _FieldError.
+_Check: TypeAlias = Callable[[str, Any], None]
+
+
+def _int_range(lo: int, hi: int) -> _Check:
+    def check(name: str, value: int) -> None:
+        if not lo <= value <= hi:
+            raise _FieldError(name, f"must be between {lo} and {hi}, got {value}")
+
+    return check
+
+
+def _duration(lo: float = 0.0, hi: float = math.inf, *, positive: bool = False) -> _Check:
+    """Duration syntax plus bounds; ``positive`` forbids zero (timeouts, intervals)."""
+
+    def check(name: str, value: str) -> None:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise _FieldError(name, str(exc)) from None
+        if positive and seconds <= 0:
+            raise _FieldError(name, f"must be greater than zero, got {value!r}")
+        if not lo <= seconds <= hi:
+            bound = (
+                f"between {_fmt_seconds(lo)} and {_fmt_seconds(hi)}"
+                if hi != math.inf
+                else f"at least {_fmt_seconds(lo)}"
+            )
+            raise _FieldError(name, f"must be {bound}, got {value!r}")
+
+    return check
+
+
+def _listen(name: str, value: str) -> None:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise _FieldError(name, str(exc)) from None
+
+
+def _nonempty(name: str, value: str) -> None:
+    if not value:
+        raise _FieldError(name, "must not be empty")
+
+
+_PTIMES_MS = (10, 20, 30, 40, 50, 60)
+
+
+def _ptime(name: str, value: str) -> None:
+    _duration(positive=True)(name, value)
+    ms = parse_duration(value) * 1000
+    if not any(math.isclose(ms, allowed, abs_tol=1e-6) for allowed in _PTIMES_MS):
+        raise _FieldError(name, f"must be one of 10ms, 20ms, 30ms, 40ms, 50ms, 60ms, got {value!r}")
+
+
+def _thresholds(name: str, value: tuple[int, ...]) -> None:
+    for i, pct in enumerate(value):
+        if not 1 <= pct <= 99:
+            raise _FieldError(f"{name}[{i}]", f"a threshold is a percentage 1..99, got {pct}")
+        if i and pct <= value[i - 1]:
+            raise _FieldError(
+                f"{name}[{i}]",
+                f"thresholds must be strictly ascending, got {pct} after {value[i - 1]}",
+            )
+
+
+_KIB = 1024
+_MIB = 1024 * 1024
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every config struct: runs the per-field ``_CHECKS``, then ``_validate``.
+
+    msgspec calls ``__post_init__`` during ``convert`` (and on direct construction and
+    ``structs.replace``), so a Struct that exists is a valid one.
+    """
+
+    _CHECKS: ClassVar[Mapping[str, _Check]] = {}
+
+    def __post_init__(self) -> None:
+        for name, check in self._CHECKS.items():
+            value = getattr(self, name)
+            if value is not None:  # None in StreamOverrides means "inherit"
+                check(name, value)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Cross-field rules; overridden where a section has any."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class DaemonConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[daemon]``: process-wide behaviour."""
+
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "json"
+    drain_timeout: Duration = "30s"
+    max_streams: int = 1000
+
+    _CHECKS = {"drain_timeout": _duration(), "max_streams": _int_range(1, 1_000_000)}
+
+    @property
+    def drain_timeout_s(self) -> float:
+        return parse_duration(self.drain_timeout)
+
+
+class AdminConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[admin]``: the HTTP admin API (/healthz, /readyz, /metrics, /v1/*)."""
+
+    listen: str = "127.0.0.1:8081"
+    token: str = ""
+
+    _CHECKS = {"listen": _listen}
+
+    @property
+    def listen_addr(self) -> tuple[str, int] | None:
+        return parse_listen(self.listen)
+
+
+class AudioSocketConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[audiosocket]``: the Asterisk AudioSocket TCP listener."""
+
+    listen: str = "127.0.0.1:9092"
+    reuse_port: bool = False
+    first_frame_timeout: Duration = "5s"
+    max_frame_bytes: int = 8192
+    max_pending: int = 64
+
+    _CHECKS = {
+        "listen": _listen,
+        "first_frame_timeout": _duration(positive=True),
+        "max_frame_bytes": _int_range(64, 65535),
+        "max_pending": _int_range(1, 1_000_000),
+    }
+
+    @property
+    def listen_addr(self) -> tuple[str, int] | None:
+        return parse_listen(self.listen)
+
+    @property
+    def first_frame_timeout_s(self) -> float:
+        return parse_duration(self.first_frame_timeout)
+
+
+class WebSocketConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[websocket]``: the WebSocket listener (carrier media streams, app connections)."""
+
+    listen: str = "127.0.0.1:8080"
+    reuse_port: bool = False
+    handshake_timeout: Duration = "5s"
+    max_message_bytes: int = 1 * _MIB
+    max_handshakes: int = 64
+
+    _CHECKS = {
+        "listen": _listen,
+        "handshake_timeout": _duration(positive=True),
+        "max_message_bytes": _int_range(1 * _KIB, 64 * _MIB),
+        "max_handshakes": _int_range(1, 1_000_000),
+    }
+
+    @property
+    def listen_addr(self) -> tuple[str, int] | None:
+        return parse_listen(self.listen)
+
+    @property
+    def handshake_timeout_s(self) -> float:
+        return parse_duration(self.handshake_timeout)
+
+
+_PORTS_RE = re.compile(r"(\d+)-(\d+)")
+
+
+def _parse_ports(text: str) -> tuple[int, int]:
+    m = _PORTS_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f'invalid port range {text!r}; expected "first-last", e.g. "40000-40999"')
+    first, last = int(m[1]), int(m[2])
+    if not 1024 <= first <= 65535 or not 1024 <= last <= 65535:
+        raise ValueError(f"ports must lie within 1024..65535, got {text!r}")
+    if first > last:
+        raise ValueError(f'the range is descending: write "{last}-{first}"')
+    return first, last
+
+
+def _ports(name: str, value: str) -> None:
+    try:
+        _parse_ports(value)
+    except ValueError as exc:
+        raise _FieldError(name, str(exc)) from None
+
+
+def _bind_host(name: str, value: str) -> None:
+    # Bare IPv6 is what a UDP bind() takes; brackets only belong in "host:port" forms.
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            raise _FieldError(
+                name, f"{value!r} is not a valid IPv6 address (no brackets here)"
+            ) from None
+        return
+    problem = _host_problem(value)
+    if problem is not None:
+        raise _FieldError(name, problem)
+
+
+class RtpConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[rtp]``: the RTP port pool (one UDP port per stream)."""
+
+    bind: str = "127.0.0.1"
+    ports: str = "40000-40999"
+    timeout: Duration = "10s"
+    latch_packets: int = 4
+    jitter_start: Duration = "60ms"
+    jitter_max: Duration = "200ms"
+
+    _CHECKS = {
+        "bind": _bind_host,
+        "ports": _ports,
+        "timeout": _duration(positive=True),
+        "latch_packets": _int_range(1, 32),
+        "jitter_start": _duration(),
+        "jitter_max": _duration(positive=True),
+    }
+
+    def _validate(self) -> None:
+        if self.jitter_start_s > self.jitter_max_s:
+            raise _FieldError(
+                "jitter_start",
+                f"must not exceed jitter_max ({self.jitter_max!r}), got {self.jitter_start!r}",
+            )
+
+    @property
+    def ports_range(self) -> tuple[int, int]:
+        """``(first, last)``, both inclusive."""
+        return _parse_ports(self.ports)
+
+    @property
+    def timeout_s(self) -> float:
+        return parse_duration(self.timeout)
+
+    @property
+    def jitter_start_s(self) -> float:
+        return parse_duration(self.jitter_start)
+
+    @property
+    def jitter_max_s(self) -> float:
+        return parse_duration(self.jitter_max)
+
+
+class RecordsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[records]``: the SQLite file of stream records and the event outbox."""
+
+    path: str = "bridge.sqlite3"
+    retention: Duration = "7d"
+
+    _CHECKS = {"path": _nonempty, "retention": _duration(positive=True)}
+
+    @property
+    def retention_s(self) -> float:
+        return parse_duration(self.retention)
+
+
+class CallbacksConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[callbacks]``: delivery policy of status callbacks (all routes)."""
+
+    timeout: Duration = "5s"
+    backoff: Duration = "1s"
+    max_backoff: Duration = "5m"
+    give_up_after: Duration = "24h"
+    concurrency: int = 16
+
+    _CHECKS = {
+        "timeout": _duration(positive=True),
+        "backoff": _duration(positive=True),
+        "max_backoff": _duration(positive=True),
+        "give_up_after": _duration(positive=True),
+        "concurrency": _int_range(1, 1024),
+    }
+
+    def _validate(self) -> None:
+        if self.max_backoff_s < self.backoff_s:
+            raise _FieldError(
+                "max_backoff",
+                f"must not be below backoff ({self.backoff!r}), got {self.max_backoff!r}",
+            )
+
+    @property
+    def timeout_s(self) -> float:
+        return parse_duration(self.timeout)
+
+    @property
+    def backoff_s(self) -> float:
+        return parse_duration(self.backoff)
+
+    @property
+    def max_backoff_s(self) -> float:
+        return parse_duration(self.max_backoff)
+
+    @property
+    def give_up_after_s(self) -> float:
+        return parse_duration(self.give_up_after)
+
+
+# One table of per-field checks shared by [stream] and a route's stream overrides, so a
+# value is judged the same wherever it is written.
+_STREAM_CHECKS: Mapping[str, _Check] = {
+    "ptime": _ptime,
+    "retries": _int_range(0, 10),
+    "backoff": _duration(),
+    "buffer": _duration(1.0, 600.0),
+    "degraded_at": _thresholds,
+    "timeout": _duration(positive=True),
+    "connect_timeout": _duration(positive=True),
+    "send_timeout": _duration(positive=True),
+    "ping_interval": _duration(positive=True),
+    "ping_timeout": _duration(positive=True),
+    "close_timeout": _duration(positive=True),
+    "max_message_bytes": _int_range(1 * _KIB, 64 * _MIB),
+    "send_ahead": _int_range(0, 50),
+    "reconnect_window": _duration(),
+    "accept_timeout": _duration(positive=True),
+}
+
+
+class StreamConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[stream]``: per-stream policy, the defaults of every route."""
+
+    ptime: Duration = "20ms"
+    retries: int = 2
+    backoff: Duration = "500ms"
+    buffer: Duration = "40s"
+    degraded_at: tuple[int, ...] = (30, 60, 90)
+    timeout: Duration = "4h"
+    connect_timeout: Duration = "5s"
+    send_timeout: Duration = "2s"
+    ping_interval: Duration = "10s"
+    ping_timeout: Duration = "10s"
+    close_timeout: Duration = "2s"
+    max_message_bytes: int = 1 * _MIB
+    hold_audio: str = ""
+    send_ahead: int = 0
+    reconnect_window: Duration = "0s"
+    accept_timeout: Duration = "10s"
+
+    _CHECKS = _STREAM_CHECKS
+
+    @property
+    def ptime_s(self) -> float:
+        return parse_duration(self.ptime)
+
+    @property
+    def backoff_s(self) -> float:
+        return parse_duration(self.backoff)
+
+    @property
+    def buffer_s(self) -> float:
+        return parse_duration(self.buffer)
+
+    @property
+    def timeout_s(self) -> float:
+        return parse_duration(self.timeout)
+
+    @property
+    def connect_timeout_s(self) -> float:
+        return parse_duration(self.connect_timeout)
+
+    @property
+    def send_timeout_s(self) -> float:
+        return parse_duration(self.send_timeout)
+
+    @property
+    def ping_interval_s(self) -> float:
+        return parse_duration(self.ping_interval)
+
+    @property
+    def ping_timeout_s(self) -> float:
+        return parse_duration(self.ping_timeout)
+
+    @property
+    def close_timeout_s(self) -> float:
+        return parse_duration(self.close_timeout)
+
+    @property
+    def reconnect_window_s(self) -> float:
+        return parse_duration(self.reconnect_window)
+
+    @property
+    def accept_timeout_s(self) -> float:
+        return parse_duration(self.accept_timeout)
+
+
+class StreamOverrides(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A route's ``stream = {...}``: the keys of [stream], each optional (None = inherit)."""
+
+    ptime: Duration | None = None
+    retries: int | None = None
+    backoff: Duration | None = None
+    buffer: Duration | None = None
+    degraded_at: tuple[int, ...] | None = None
+    timeout: Duration | None = None
+    connect_timeout: Duration | None = None
+    send_timeout: Duration | None = None
+    ping_interval: Duration | None = None
+    ping_timeout: Duration | None = None
+    close_timeout: Duration | None = None
+    max_message_bytes: int | None = None
+    hold_audio: str | None = None
+    send_ahead: int | None = None
+    reconnect_window: Duration | None = None
+    accept_timeout: Duration | None = None
+
+    _CHECKS = _STREAM_CHECKS
+
+
+# Overrides must mirror [stream] key for key, or merging would silently drop a setting.
+assert StreamOverrides.__struct_fields__ == StreamConfig.__struct_fields__
+
+
+# --------------------------------------------------------------------------- routes
+
+_ROUTE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# RFC 9110 token characters: what a header name may consist of.
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+class KeyValueMatch(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``match.header`` / ``match.query``: the handshake must carry ``name`` = ``value``."""
+
+    name: str
+    value: str
+
+    _CHECKS = {"name": _nonempty}
+
+
+class MatchConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A route's ``match``: which calls it takes."""
+
+    listener: Listener
+    path: str = ""
+    header: KeyValueMatch | None = None
+    query: KeyValueMatch | None = None
+
+    def _validate(self) -> None:
+        ws = self.listener == "websocket"
+        # AudioSocket and RTP calls have no HTTP handshake, so nothing to match on.
+        for name in ("path", "header", "query"):
+            if getattr(self, name) not in ("", None) and not ws:
+                raise _FieldError(
+                    name, f'only websocket routes match on a {name}, this one is "{self.listener}"'
+                )
+        if self.path:
+            if not self.path.startswith("/"):
+                raise _FieldError("path", f'must start with "/", e.g. "/twilio", got {self.path!r}')
+            if "*" in self.path[:-1] or (self.path.endswith("*") and not self.path.endswith("/*")):
+                raise _FieldError(
+                    "path", f'"*" is only allowed as a final "/*" (prefix match), got {self.path!r}'
+                )
+        if self.header is not None and not _HEADER_NAME_RE.fullmatch(self.header.name):
+            raise _FieldError(
+                "header.name", f"{self.header.name!r} is not a valid HTTP header name"
+            )
+
+    def matches(
+        self,
+        listener: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        query: Mapping[str, str] | None,
+    ) -> bool:
+        """Whether a call arriving with these properties fits (header names case-insensitive)."""
+        if listener != self.listener:
+            return False
+        if self.path:
+            if self.path.endswith("/*"):
+                if not path.startswith(self.path[:-1]):
+                    return False
+            elif path != self.path:
+                return False
+        if self.header is not None:
+            if headers is None:
+                return False
+            wanted = self.header.name.lower()
+            if not any(k.lower() == wanted and v == self.header.value for k, v in headers.items()):
+                return False
+        return self.query is None or (
+            query is not None and query.get(self.query.name) == self.query.value
+        )
+
+
+def _check_url(name: str, value: str, schemes: tuple[str, ...], example: str) -> None:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in schemes:
+        raise _FieldError(
+            name,
+            f"must be a {' or '.join(s + '://' for s in schemes)} URL, e.g. {example!r}, got {value!r}",
+        )
+    try:
+        parts.port  # noqa: B018 - urlsplit validates the port lazily, on access
+    except ValueError:
+        raise _FieldError(name, f"invalid port in {value!r}") from None
+    if not parts.hostname:
+        raise _FieldError(name, f"has no host, e.g. {example!r}, got {value!r}")
+
+
+class AppConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A route's ``app``: the application leg."""
+
+    url: str = ""
+    encapsulation: Encapsulation = "sln"
+    sample_rate: SampleRate = 8000
+    codec: Codec = "pcmu"
+    mode: AppMode = "connect"
+    token: str = ""
+    headers: dict[str, str] = {}
+    ca_file: str = ""
+
+    @property
+    def is_echo(self) -> bool:
+        """The built-in echo application (``url = "echo:"``)."""
+        return self.url == "echo:"
+
+    def _validate(self) -> None:
+        if self.mode == "accept":
+            # The app dials in to bridge, so there is nothing to connect to.
+            if self.url:
+                raise _FieldError(
+                    "url",
+                    f'must be "" when mode = "accept" (the app connects to bridge), got {self.url!r}',
+                )
+            if self.headers:
+                raise _FieldError(
+                    "headers", 'handshake headers are only sent when mode = "connect"'
+                )
+        else:
+            if not self.url:
+                raise _FieldError(
+                    "url", 'is required: "ws://host:port/path", "wss://..." or "echo:"'
+                )
+            if self.url != "echo:":
+                _check_url("url", self.url, ("ws", "wss"), "ws://127.0.0.1:9000/agent")
+            if self.token:
+                raise _FieldError(
+                    "token", 'is only used when mode = "accept"; for connect use headers'
+                )
+        if self.ca_file and not self.url.startswith("wss://"):
+            raise _FieldError("ca_file", "only applies to wss:// URLs")
+        if self.headers and self.url == "echo:":
+            raise _FieldError("headers", "the built-in echo application takes no handshake headers")
+        for key, value in self.headers.items():
+            if not _HEADER_NAME_RE.fullmatch(key):
+                raise _FieldError("headers", f"{key!r} is not a valid HTTP header name")
+            if any(c in value for c in "\r\n\0"):
+                raise _FieldError("headers", f"the value of {key!r} contains a line break or NUL")
+        if self.encapsulation == "twilio" and self.sample_rate != 8000:
+            raise _FieldError(
+                "sample_rate", f"the twilio encapsulation is 8000 Hz only, got {self.sample_rate}"
+            )
+        if (
+            self.encapsulation in ("rtp", "telnyx", "plivo")
+            and self.codec in ("pcmu", "pcma")
+            and self.sample_rate != 8000
+        ):
+            raise _FieldError(
+                "codec",
+                f'{self.codec} (G.711) is 8000 Hz only; use codec = "l16" for {self.sample_rate} Hz',
+            )
+
+
+class CallbackConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A route's ``callback``: where its status events are POSTed."""
+
+    url: str
+    secret: str = ""
+
+    def _validate(self) -> None:
+        _check_url("url", self.url, ("http", "https"), "https://example.com/events")
+
+
+class AuthConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A websocket route's ``auth``: what a carrier's handshake must prove."""
+
+    token: str = ""
+    twilio_auth_token: str = ""
+
+
+class RouteConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[routes]]`` entry: which calls (match) go to which application (app)."""
+
+    name: str
+    match: MatchConfig
+    carrier: Carrier | None = None
+    app: AppConfig
+    callback: CallbackConfig | None = None
+    auth: AuthConfig | None = None
+    stream: StreamOverrides | None = None
+
+    def _validate(self) -> None:
+        if not _ROUTE_NAME_RE.fullmatch(self.name):
+            raise _FieldError(
+                "name", f"must be letters, digits, '_', '.' or '-', got {self.name!r}"
+            )
+        ws = self.match.listener == "websocket"
+        if ws and self.carrier is None:
+            raise _FieldError(
+                "carrier", 'is required for websocket routes: "twilio", "telnyx" or "plivo"'
+            )
+        if not ws and self.carrier is not None:
+            raise _FieldError(
+                "carrier",
+                f'only websocket routes have a carrier, this one is "{self.match.listener}"',
+            )
+        if self.auth is not None:
+            if not ws:
+                raise _FieldError("auth", "only websocket routes authenticate a handshake")
+            if self.auth.twilio_auth_token and self.carrier != "twilio":
+                raise _FieldError("auth.twilio_auth_token", 'only applies to carrier = "twilio"')
+
+
+# --------------------------------------------------------------------------- the whole file
+
+
+@functools.lru_cache(maxsize=1024)
+def _merge_stream(base: StreamConfig, overrides: StreamOverrides | None) -> StreamConfig:
+    """``base`` with every non-None override applied (cached: both are frozen and hashable)."""
+    if overrides is None:
+        return base
+    changes = {
+        name: value
+        for name in overrides.__struct_fields__
+        if (value := getattr(overrides, name)) is not None
+    }
+    return msgspec.structs.replace(base, **changes) if changes else base
+
+
+class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The whole configuration file."""
+
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    audiosocket: AudioSocketConfig = msgspec.field(default_factory=AudioSocketConfig)
+    websocket: WebSocketConfig = msgspec.field(default_factory=WebSocketConfig)
+    rtp: RtpConfig = msgspec.field(default_factory=RtpConfig)
+    records: RecordsConfig = msgspec.field(default_factory=RecordsConfig)
+    callbacks: CallbacksConfig = msgspec.field(default_factory=CallbacksConfig)
+    stream: StreamConfig = msgspec.field(default_factory=StreamConfig)
+    routes: tuple[RouteConfig, ...] = ()
+
+    def _validate(self) -> None:
+        seen: dict[str, int] = {}
+        for i, route in enumerate(self.routes):
+            if route.name in seen:
+                raise _FieldError(
+                    f"routes[{i}].name",
+                    f"duplicate route name {route.name!r} (also routes[{seen[route.name]}])",
+                )
+            seen[route.name] = i
+        # Two TCP listeners on one address would fail at bind time; say so now.
+        bound: dict[tuple[str, int], str] = {}
+        for section in ("admin", "audiosocket", "websocket"):
+            addr = parse_listen(getattr(self, section).listen)
+            if addr is None:
+                continue
+            if addr in bound:
+                raise _FieldError(f"{section}.listen", f"same address as {bound[addr]}.listen")
+            bound[addr] = section
+
+    def route_stream(self, route: RouteConfig) -> StreamConfig:
+        """The effective stream settings of ``route``: its overrides merged over [stream]."""
+        return _merge_stream(self.stream, route.stream)
+
+    def routes_for(self, listener: str) -> tuple[RouteConfig, ...]:
+        """The routes of one listener, in file order."""
+        return tuple(r for r in self.routes if r.match.listener == listener)
+
+    def route_by_name(self, name: str) -> RouteConfig | None:
+        """The route called ``name`` (names are unique), or None."""
+        return next((r for r in self.routes if r.name == name), None)
+
+
+def match_route(
+    config: Config,
+    listener: str,
+    path: str = "",
+    headers: Mapping[str, str] | None = None,
+    query: Mapping[str, str] | None = None,
+) -> RouteConfig | None:
+    """The first route, in file order, that takes a call with these properties, or None.
+
+    ``path`` is the request path without the query string (one is stripped if present);
+    header names compare case-insensitively, query names and all values exactly.
+    """
+    path = path.partition("?")[0]
+    for route in config.routes:
+        if route.match.matches(listener, path, headers, query):
+            return route
+    return None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a config file; ``None`` loads the embedded ``bridge/default.toml``."""
+    if path is None:
+        text = importlib.resources.files("bridge").joinpath("default.toml").read_text("utf-8")
+        return parse_config(text, file=None)
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=file) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=file) from None
+    return parse_config(text, file=file)
+
+
+def parse_config(text: str, *, file: str | None = None) -> Config:
+    """Validate TOML text; ``file`` only labels errors."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # The message carries "(at line L, column C)".
+        raise ConfigError(f"TOML syntax error: {exc}", path="", file=file) from None
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise _to_config_error(exc, file) from None
+
+
+# --------------------------------------------------------------------------- error reporting
+
+_AT_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.DOTALL)
+_PATH_TOKEN_RE = re.compile(r"\.(\w+)|\[(\d+|\.\.\.)\]")
+_UNKNOWN_RE = re.compile(r"Object contains unknown field `(?P<key>[^`]*)`")
+_MISSING_RE = re.compile(r"Object missing required field `(?P<key>[^`]*)`")
+_ENUM_RE = re.compile(r"Invalid enum value (?P<value>.*)")
+
+
+def _join(base: str, rel: str) -> str:
+    if not base:
+        return rel
+    if not rel:
+        return base
+    return base + rel if rel.startswith("[") else f"{base}.{rel}"
+
+
+def _tokens(at: str) -> Iterator[str | int]:
+    for m in _PATH_TOKEN_RE.finditer(at):
+        if m[1] is not None:
+            yield m[1]
+        else:
+            yield int(m[2]) if m[2].isdigit() else m[2]
+
+
+def _type_at(tokens: list[str | int]) -> msgspec.inspect.Type | None:
+    """The msgspec type found by walking ``tokens`` down from Config (None if lost)."""
+    t: msgspec.inspect.Type = msgspec.inspect.type_info(Config)
+    for tok in tokens:
+        t = _unwrap(t)
+        if isinstance(tok, str) and tok != "..." and isinstance(t, msgspec.inspect.StructType):
+            field = next((f for f in t.fields if f.encode_name == tok), None)
+            if field is None:
+                return None
+            t = field.type
+        elif isinstance(t, msgspec.inspect.VarTupleType | msgspec.inspect.ListType):
+            t = t.item_type
+        elif isinstance(t, msgspec.inspect.DictType):
+            t = t.value_type
+        else:
+            return None
+    return t
+
+
+def _unwrap(t: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    """Strip Annotated metadata and ``| None`` to reach the type that matters."""
+    while True:
+        if isinstance(t, msgspec.inspect.Metadata):
+            t = t.type
+        elif isinstance(t, msgspec.inspect.UnionType):
+            rest = [m for m in t.types if not isinstance(m, msgspec.inspect.NoneType)]
+            if len(rest) != 1:
+                return t
+            t = rest[0]
+        else:
+            return t
+
+
+def _is_duration(t: msgspec.inspect.Type | None) -> bool:
+    while isinstance(t, msgspec.inspect.UnionType):
+        t = next((m for m in t.types if not isinstance(m, msgspec.inspect.NoneType)), None)
+    return (
+        isinstance(t, msgspec.inspect.Metadata) and (t.extra or {}).get("bridge_type") == "duration"
+    )
+
+
+def _to_config_error(exc: msgspec.ValidationError, file: str | None) -> ConfigError:
+    """Turn msgspec's "<message> - at `$.a[1].b`" into ConfigError(message, path="a[1].b")."""
+    m = _AT_RE.match(str(exc))
+    assert m is not None  # the pattern matches any string
+    message, at = m["msg"], m["at"] or ""
+    tokens = list(_tokens(at))
+    path = "".join(
+        f"[{t}]" if isinstance(t, int) or t == "..." else f".{t}" for t in tokens
+    ).lstrip(".")
+
+    cause = exc.__cause__
+    if isinstance(cause, _FieldError):
+        return ConfigError(cause.message, path=_join(path, cause.field), file=file)
+    if isinstance(cause, ValueError | TypeError):
+        return ConfigError(str(cause), path=path, file=file)
+
+    if um := _UNKNOWN_RE.fullmatch(message):
+        t = _unwrap(_type_at(tokens) or msgspec.inspect.AnyType())
+        allowed = (
+            ", ".join(f.encode_name for f in t.fields)
+            if isinstance(t, msgspec.inspect.StructType)
+            else ""
+        )
+        hint = f"; allowed keys: {allowed}" if allowed else ""
+        return ConfigError(
+            f"unknown key {um['key']!r}{hint}", path=_join(path, um["key"]), file=file
+        )
+    if mm := _MISSING_RE.fullmatch(message):
+        return ConfigError("required key is missing", path=_join(path, mm["key"]), file=file)
+    if em := _ENUM_RE.fullmatch(message):
+        t = _unwrap(_type_at(tokens) or msgspec.inspect.AnyType())
+        if isinstance(t, msgspec.inspect.LiteralType):
+            allowed = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in t.values)
+            return ConfigError(
+                f"invalid value {em['value']}; allowed: {allowed}", path=path, file=file
+            )
+    if message.startswith("Expected `str`") and _is_duration(_type_at(tokens)):
+        got = message.partition(", got ")[2].strip("`") or "another type"
+        return ConfigError(
+            f"expected a duration string, got {got}; {_DURATION_HINT}", path=path, file=file
+        )
+    # Anything else ("Expected `int`, got `str`"): msgspec's words, minus the markup.
+    plain = message.replace("`", "")
+    return ConfigError(plain[:1].lower() + plain[1:], path=path, file=file)
+
+
+# --------------------------------------------------------------------------- dumping
+
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_SECRET_FIELDS = frozenset({"token", "secret", "twilio_auth_token"})
+_TOML_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_str(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY_RE.fullmatch(key) else _toml_str(key)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _emit(
+    out: list[str],
+    keys: list[str],
+    table: msgspec.Struct | Mapping[str, str],
+    *,
+    array: bool = False,
+    replace: Mapping[str, object] | None = None,
+    redact: bool = False,
+) -> None:
+    """Append ``table`` as a TOML table (scalars first, then its sub-tables)."""
+    dotted = ".".join(_toml_key(k) for k in keys)
+    out.append(f"[[{dotted}]]" if array else f"[{dotted}]")
+    items: list[tuple[str, object]]
+    if isinstance(table, msgspec.Struct):
+        items = [(name, getattr(table, name)) for name in table.__struct_fields__]
+    else:
+        items = list(table.items())
+    subtables: list[tuple[str, msgspec.Struct | Mapping[str, str]]] = []
+    for name, value in items:
+        if replace is not None and name in replace:
+            value = replace[name]
+        if value is None:
+            continue  # an absent optional table or an unset carrier
+        if isinstance(value, msgspec.Struct | dict):
+            if value:  # an empty dict is the default: leave it out
+                subtables.append((name, value))
+            continue
+        if redact and name in _SECRET_FIELDS and value:
+            value = "<redacted>"
+        out.append(f"{_toml_key(name)} = {_toml_value(value)}")
+    out.append("")
+    for name, sub in subtables:
+        _emit(out, [*keys, name], sub, redact=redact)
+
+
+def dump_config(config: Config, *, redact: bool = False) -> str:
+    """The resolved configuration as TOML: every default written out, and every route's
+    ``[routes.stream]`` holding its effective settings (overrides merged over [stream]).
+
+    Parsing the output gives the same effective configuration. ``redact`` replaces tokens
+    and secrets with ``"<redacted>"`` (for printing; such output no longer round-trips).
+    """
+    out = ["# bridge: resolved configuration, every default filled in.", ""]
+    for name in config.__struct_fields__:
+        if name != "routes":
+            _emit(out, [name], getattr(config, name), redact=redact)
+    for route in config.routes:
+        _emit(
+            out,
+            ["routes"],
+            route,
+            array=True,
+            replace={"stream": config.route_stream(route)},
+            redact=redact,
+        )
+    return "\n".join(out).rstrip("\n") + "\n"
