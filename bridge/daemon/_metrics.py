@@ -1,0 +1,218 @@
+"""Prometheus metrics of the daemon, on a private registry.
+
+A private ``CollectorRegistry`` (not prometheus_client's global one) keeps tests and
+several daemons in one process independent, and makes ``/metrics`` show exactly what
+this daemon registered. Other parts of the daemon register their own metrics on
+``metrics.registry`` (the event dispatcher adds the callback/outbox ones).
+
+Cost rule: a prometheus_client ``inc()`` takes a lock and costs around a microsecond;
+``labels(...)`` costs several. Per-frame code paths (50 frames/s per direction per
+stream, thousands of streams) must not touch these objects. The stream engine keeps
+plain ``int`` counters on the stream and folds them in here per tick batch or at
+stream end (``add_frames``, ``observe_*`` with a batch). Label children that are hit
+often are bound once in ``__attrs_post_init__`` so the hot-ish helpers skip
+``labels()``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterable
+from typing import Literal
+
+import attrs
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
+
+from bridge._version import __version__
+
+__all__ = ["Direction", "Metrics"]
+
+Direction = Literal["call_to_app", "app_to_call"]
+
+#: Lateness of a paced frame behind its absolute deadline: 0.5 ms … 50 ms (2.5 frames).
+PACING_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+#: How late the event loop wakes the 20 ms ticker; the tail buckets catch a wedged loop.
+TICKER_LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+#: Uplink buffer fill ratio (0..1); edges at the DegradedStream thresholds.
+FILL_BUCKETS = (0.01, 0.1, 0.3, 0.6, 0.9, 1.0)
+
+
+class _ProcessCollector(ProcessCollector):
+    """ProcessCollector that still works under systemd's ``ProcSubset=pid``.
+
+    prometheus_client reads the boot time from ``/proc/stat`` and silently exports
+    nothing when it cannot; the hardened unit hides ``/proc/stat``. The boot time is
+    also "wall clock now minus CLOCK_BOOTTIME" (the clock ``/proc/<pid>/stat``'s start
+    time counts in), which needs no file at all. (Overrides a private method: if a
+    future prometheus_client renames it, we silently fall back to its own behaviour.)
+    """
+
+    def _boot_time(self) -> float:
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+@attrs.define(eq=False)
+class Metrics:
+    """Every daemon metric, registered on :attr:`registry`.
+
+    Label conventions: ``listener`` is ``audiosocket|websocket|rtp``; ``route`` a
+    configured route name; ``reason`` a hangup or refusal reason; ``leg`` is
+    ``call|app``. All are bounded sets (never put a stream or call id in a label).
+    """
+
+    version: str = __version__
+    registry: CollectorRegistry = attrs.field(init=False)
+
+    build_info: Info = attrs.field(init=False)
+    streams_active: Gauge = attrs.field(init=False)
+    streams_started: Counter = attrs.field(init=False)
+    streams_ended: Counter = attrs.field(init=False)
+    streams_refused: Counter = attrs.field(init=False)
+    bad_input: Counter = attrs.field(init=False)
+    app_reconnects: Counter = attrs.field(init=False)
+    app_connect_failures: Counter = attrs.field(init=False)
+    frames: Counter = attrs.field(init=False)
+    frames_concealed: Counter = attrs.field(init=False)
+    pacing_lateness: Histogram = attrs.field(init=False)
+    uplink_buffer_fill: Histogram = attrs.field(init=False)
+    ticker_lag: Histogram = attrs.field(init=False)
+    draining: Gauge = attrs.field(init=False)
+
+    _frames_up: Counter = attrs.field(init=False, repr=False)
+    _frames_down: Counter = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        _ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+        self.build_info = Info("bridge_build", "Build information of this bridge.", registry=r)
+        self.build_info.info({"version": self.version, "python": platform.python_version()})
+
+        self.streams_active = Gauge(
+            "bridge_streams_active", "Streams currently live (any state before closed).", registry=r
+        )
+        self.streams_started = Counter(
+            "bridge_streams_started",
+            "Streams started, by call-leg listener and route.",
+            ("listener", "route"),
+            registry=r,
+        )
+        self.streams_ended = Counter(
+            "bridge_streams_ended",
+            "Streams ended, by route and hangup reason.",
+            ("route", "reason"),
+            registry=r,
+        )
+        self.streams_refused = Counter(
+            "bridge_streams_refused",
+            "New streams refused (max_streams, draining, no_route, ...).",
+            ("listener", "reason"),
+            registry=r,
+        )
+        self.bad_input = Counter(
+            "bridge_bad_input",
+            "Malformed, unknown or oversize input, by leg (call|app) and kind.",
+            ("leg", "kind"),
+            registry=r,
+        )
+        self.app_reconnects = Counter(
+            "bridge_app_reconnects",
+            "App-leg reconnect attempts after a drop or failed connect.",
+            ("route",),
+            registry=r,
+        )
+        self.app_connect_failures = Counter(
+            "bridge_app_connect_failures",
+            "App-leg connect attempts that failed.",
+            ("route",),
+            registry=r,
+        )
+        self.frames = Counter(
+            "bridge_frames",
+            "Audio frames moved, by direction (call_to_app|app_to_call).",
+            ("direction",),
+            registry=r,
+        )
+        self.frames_concealed = Counter(
+            "bridge_frames_concealed",
+            "Call-leg frames replaced by concealment (lost or late).",
+            registry=r,
+        )
+        self.pacing_lateness = Histogram(
+            "bridge_pacing_lateness_seconds",
+            "Lateness of paced frames behind their absolute deadline.",
+            buckets=PACING_BUCKETS,
+            registry=r,
+        )
+        self.uplink_buffer_fill = Histogram(
+            "bridge_uplink_buffer_fill_ratio",
+            "Uplink buffer fill ratio (0..1); the stream engine observes each stream's peak at its end.",
+            buckets=FILL_BUCKETS,
+            registry=r,
+        )
+        self.ticker_lag = Histogram(
+            "bridge_ticker_lag_seconds",
+            "How late the event loop woke the pacing ticker.",
+            buckets=TICKER_LAG_BUCKETS,
+            registry=r,
+        )
+        self.draining = Gauge(
+            "bridge_draining", "1 while the daemon drains before shutdown, else 0.", registry=r
+        )
+        self.draining.set(0)
+
+        # Pre-bound children: labels() is the expensive part of an increment.
+        self._frames_up = self.frames.labels("call_to_app")
+        self._frames_down = self.frames.labels("app_to_call")
+
+    # -- cheap helpers for batch updates ---------------------------------------------
+
+    def add_frames(self, direction: Direction, n: int) -> None:
+        """Add a batch of ``n`` frames moved in ``direction`` (call it per batch, not per frame)."""
+        if n > 0:
+            (self._frames_up if direction == "call_to_app" else self._frames_down).inc(n)
+
+    def observe_many(self, histogram: Histogram, values: Iterable[float]) -> None:
+        """Observe a batch of samples (e.g. a tick batch's pacing lateness)."""
+        for value in values:
+            histogram.observe(value)
+
+    def stream_started(self, listener: str, route: str) -> None:
+        """A stream started: ``started_total`` +1 and ``active`` +1."""
+        self.streams_started.labels(listener, route).inc()
+        self.streams_active.inc()
+
+    def stream_ended(self, route: str, reason: str) -> None:
+        """A stream ended (final event emitted): ``ended_total`` +1 and ``active`` -1."""
+        self.streams_ended.labels(route, reason).inc()
+        self.streams_active.dec()
+
+    def stream_refused(self, listener: str, reason: str) -> None:
+        self.streams_refused.labels(listener, reason).inc()
+
+    def set_draining(self, draining: bool) -> None:
+        self.draining.set(1 if draining else 0)
+
+    # -- exposition ------------------------------------------------------------------
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition body and its content type.
+
+        With no ``Accept`` header this is the classic text format 0.0.4
+        (``generate_latest``); a scraper asking for OpenMetrics gets OpenMetrics.
+        """
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
