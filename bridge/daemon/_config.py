@@ -150,8 +150,12 @@ def parse_listen(text: str) -> tuple[str, int] | None:
         problem = _host_problem(host)
         if problem is not None:
             raise ValueError(f"{problem}; {example}")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"invalid port {port_text!r} in {text!r}: a port is 1..65535")
+    # Port 0 asks the kernel for a free port (the bound address is logged at start-up);
+    # tests and ad-hoc runs use it. Anything else outside 1..65535 is a mistake.
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(
+            f"invalid port {port_text!r} in {text!r}: a port is 1..65535 (0 = any free port)"
+        )
     return host, int(port_text)
 
 
