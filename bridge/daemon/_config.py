@@ -839,7 +839,7 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
         bound: dict[tuple[str, int], str] = {}
         for section in ("admin", "audiosocket", "websocket"):
             addr = parse_listen(getattr(self, section).listen)
-            if addr is None:
+            if addr is None or addr[1] == 0:  # port 0: each gets its own free port
                 continue
             if addr in bound:
                 raise _FieldError(f"{section}.listen", f"same address as {bound[addr]}.listen")

@@ -1,0 +1,503 @@
+"""The daemon: the top-level nursery of ``bridge run`` (ARCHITECTURE.md)::
+
+    bridge run
+    └── daemon nursery
+        ├── admin HTTP server        /healthz /readyz /metrics /v1/streams
+        ├── call-leg listeners       AudioSocket TCP · carrier WebSocket · RTP port pool
+        ├── event dispatcher         status callbacks (httpx), stream records
+        ├── signals + sd_notify      SIGTERM drain · SIGHUP reload · READY/WATCHDOG/STOPPING
+        ├── ticker                   the one pacing clock of every stream
+        └── streams nursery          one Stream per call
+
+``Daemon`` is also the admin API's backend and every stream's observer (events,
+records, metrics), so the lower layers never import the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import trio
+
+from .._errors import StreamRefused
+from ..media import read_wav
+from ..streams import (
+    AppConnector,
+    CallLeg,
+    EchoConnector,
+    Stream,
+    StreamManager,
+    StreamSettings,
+    StreamState,
+    Ticker,
+)
+from ._admin import create_admin_app, serve_admin
+from ._config import AppConfig, Config, RouteConfig, StreamConfig, load_config, match_route
+from ._events import StreamEvent, StreamRecord
+from ._logging import configure_logging
+from ._metrics import Metrics
+from ._notify import SdNotifier, serve_watchdog
+from ._outbox import EventStore, open_event_store
+
+__all__ = ["Daemon", "run_daemon"]
+
+logger = logging.getLogger("bridge.daemon")
+
+
+def _percent(value: float) -> int:
+    return round(value)
+
+
+@attrs.define(slots=True, eq=False)
+class Daemon:
+    config: Config
+    config_path: str | None = None
+    metrics: Metrics = attrs.field(factory=Metrics)
+    ticker: Ticker = attrs.field(factory=Ticker)
+    manager: StreamManager = attrs.field(init=False)
+    notifier: SdNotifier = attrs.field(factory=SdNotifier.from_environ)
+    store: EventStore | None = None
+    #: Bound addresses by listener name, once they are bound (tests bind port 0).
+    bound: dict[str, tuple[str, int]] = attrs.field(factory=dict)
+    listening: bool = False
+    stopping: bool = False
+    ready_event: trio.Event = attrs.field(factory=trio.Event)
+    #: Hooks for the call-leg listeners of later layers (carrier WebSocket, RTP).
+    rtp_opener: Callable[[dict[str, Any]], Any] | None = None
+    _hold_cache: dict[str, tuple[bytes, int]] = attrs.field(factory=dict)
+    _routes_by_stream: dict[str, RouteConfig] = attrs.field(factory=dict)
+    _cancel: trio.CancelScope | None = None
+    _sampled: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    started_monotonic: float = attrs.field(factory=time.monotonic)
+
+    def __attrs_post_init__(self) -> None:
+        self.manager = StreamManager(self.ticker, max_streams=self.config.daemon.max_streams)
+
+    # ==================================================================================
+    # running
+    # ==================================================================================
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled or drained. ``task_status.started()`` once every listener
+        is bound (that is also when READY=1 goes to systemd)."""
+        cfg = self.config
+        async with open_event_store(
+            cfg.records.path,
+            registry=self.metrics.registry,
+            callback_timeout_s=cfg.callbacks.timeout_s,
+            backoff_s=cfg.callbacks.backoff_s,
+            max_backoff_s=cfg.callbacks.max_backoff_s,
+            give_up_after_s=cfg.callbacks.give_up_after_s,
+            concurrency=cfg.callbacks.concurrency,
+            retention_s=cfg.records.retention_s,
+        ) as store:
+            self.store = store
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self.ticker.serve)
+                await nursery.start(self.manager.serve)
+                await self._start_listeners(nursery)
+                self.listening = True
+                self.notifier.ready(status=self._status())
+                self.ready_event.set()
+                nursery.start_soon(serve_watchdog, self.notifier, self._status)
+                nursery.start_soon(self._serve_metrics_sampler)
+                logger.info(
+                    "bridge ready",
+                    extra={
+                        "listeners": {k: f"{h}:{p}" for k, (h, p) in self.bound.items()},
+                        "startup_s": round(time.monotonic() - self.started_monotonic, 3),
+                    },
+                )
+                task_status.started()
+            self.store = None
+
+    async def _start_listeners(self, nursery: trio.Nursery) -> None:
+        cfg = self.config
+        admin_addr = cfg.admin.listen_addr
+        if admin_addr is not None:
+            app = create_admin_app(self, self.metrics, token=cfg.admin.token)
+            self.bound["admin"] = await nursery.start(
+                serve_admin, app, admin_addr[0], admin_addr[1]
+            )
+        if cfg.audiosocket.listen_addr is not None:
+            from ._audiosocket import serve_audiosocket
+
+            self.bound["audiosocket"] = await nursery.start(
+                serve_audiosocket, self, cfg.audiosocket
+            )
+        for hook in _LISTENER_HOOKS:
+            await hook(self, nursery)
+
+    async def _serve_metrics_sampler(self) -> None:
+        """Move the streams' plain counters into Prometheus once a second (the per-frame
+        paths never touch prometheus objects: they cost microseconds each)."""
+        m = self.metrics
+        last_ticks = 0
+        while True:
+            await trio.sleep(1.0)
+            seen: dict[str, tuple[int, int]] = {}
+            d_in = d_out = 0
+            for stream in self.manager.live():
+                prev = self._sampled.get(stream.stream_id, (0, 0))
+                d_in += stream.frames_in - prev[0]
+                d_out += stream.frames_out - prev[1]
+                seen[stream.stream_id] = (stream.frames_in, stream.frames_out)
+            self._sampled = seen
+            m.add_frames("call_to_app", d_in)
+            m.add_frames("app_to_call", d_out)
+            ticks = self.ticker.ticks
+            if ticks != last_ticks and self.ticker.wakeups:
+                m.ticker_lag.observe(self.ticker.lag_max_s)
+                self.ticker.lag_max_s = 0.0
+            last_ticks = ticks
+
+    def _status(self) -> str:
+        n = self.manager.live_count
+        state = "draining" if self.manager.draining else "ready"
+        return f"{n} live stream{'s' if n != 1 else ''}; {state}"
+
+    # ==================================================================================
+    # signals: drain and reload
+    # ==================================================================================
+
+    async def drain(self) -> int:
+        """SIGTERM/SIGINT: readyz 503, refuse new calls, give live streams
+        ``drain_timeout`` to end, then close the rest with ``shutdown``."""
+        self.stopping = True
+        self.metrics.set_draining(True)
+        self.notifier.stopping(status=f"draining {self.manager.live_count} streams")
+        logger.info(
+            "draining: %d live streams, up to %gs",
+            self.manager.live_count,
+            self.config.daemon.drain_timeout_s,
+        )
+        ended = await self.manager.drain(self.config.daemon.drain_timeout_s)
+        if self.store is not None:
+            with trio.move_on_after(5.0):
+                await self.store.flush()
+        return ended
+
+    def reload(self) -> bool:
+        """SIGHUP: new routes and stream defaults for new calls; live calls keep theirs.
+        A bad file is rejected with a log line and the old config stays."""
+        if self.config_path is None:
+            logger.warning("SIGHUP ignored: running on the embedded default config")
+            return False
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except Exception as exc:
+            logger.error("reload rejected, keeping the running config: %s", exc)
+            self.notifier.ready(status=self._status())
+            return False
+        old = self.config
+        for section in ("admin", "audiosocket", "websocket", "rtp", "records", "callbacks"):
+            if getattr(old, section) != getattr(new, section):
+                logger.warning(
+                    "reload: [%s] changed; it takes effect on restart (listeners and "
+                    "stores are not rebound)",
+                    section,
+                )
+        # Only routes, stream defaults and the daemon's stream limit apply live.
+        self.config = _merge_reload(old, new)
+        self.manager.max_streams = new.daemon.max_streams
+        self._hold_cache.clear()
+        logger.info("reloaded %s: %d routes", self.config_path, len(new.routes))
+        self.notifier.ready(status=self._status())
+        return True
+
+    # ==================================================================================
+    # streams
+    # ==================================================================================
+
+    def match_route(
+        self,
+        listener: str,
+        path: str = "",
+        headers: dict[str, str] | None = None,
+        query: dict[str, str] | None = None,
+    ) -> RouteConfig | None:
+        return match_route(self.config, listener, path, headers, query)
+
+    def stream_settings(self, route: RouteConfig) -> tuple[StreamSettings, StreamConfig]:
+        scfg = self.config.route_stream(route)
+        hold_pcm, hold_rate = b"", 8000
+        if scfg.hold_audio:
+            cached = self._hold_cache.get(scfg.hold_audio)
+            if cached is None:
+                try:
+                    cached = read_wav(scfg.hold_audio)
+                except (OSError, ValueError) as exc:
+                    logger.error(
+                        "hold audio %s unusable, playing silence: %s", scfg.hold_audio, exc
+                    )
+                    cached = (b"", 8000)
+                self._hold_cache[scfg.hold_audio] = cached
+            hold_pcm, hold_rate = cached
+        settings = StreamSettings(
+            app_sample_rate=route.app.sample_rate,
+            ptime_ms=round(scfg.ptime_s * 1000),
+            retries=scfg.retries,
+            backoff_s=scfg.backoff_s,
+            buffer_s=scfg.buffer_s,
+            degraded_at=tuple(scfg.degraded_at),
+            timeout_s=scfg.timeout_s,
+            send_ahead_frames=scfg.send_ahead,
+            hold_pcm=hold_pcm,
+            hold_sample_rate=hold_rate,
+        )
+        return settings, scfg
+
+    def connector_for(self, route: RouteConfig, scfg: StreamConfig, stream_id: str) -> AppConnector:
+        app: AppConfig = route.app
+        if app.is_echo:
+            return EchoConnector(app.sample_rate)
+        factory = _CONNECTOR_FACTORIES.get(app.mode)
+        if factory is None:
+            raise StreamRefused("no_app_transport", f"app mode {app.mode!r} is not available")
+        return factory(self, route, scfg, stream_id)
+
+    def start_stream(
+        self, call: CallLeg, route: RouteConfig, listener: str, stream_id: str | None = None
+    ) -> Stream:
+        """Admit and start a stream for ``call`` on ``route``. Raises ``StreamRefused``."""
+        if self.stopping:
+            raise StreamRefused("draining", "bridge is draining; new calls are refused")
+        self.manager.check_admission()
+        stream_id = stream_id or str(uuid.uuid4())
+        settings, scfg = self.stream_settings(route)
+        stream = Stream(
+            stream_id=stream_id,
+            call=call,
+            connector=self.connector_for(route, scfg, stream_id),
+            ticker=self.ticker,
+            settings=settings,
+            route=route.name,
+            listener=listener,
+            encapsulation=route.app.encapsulation,
+            observer=self,
+        )
+        self._routes_by_stream[stream_id] = route
+        self.manager.start(stream)
+        self.metrics.stream_started(listener, route.name)
+        logger.info(
+            "stream started",
+            extra={
+                "stream_id": stream_id,
+                "call_id": call.call_id,
+                "route": route.name,
+                "listener": listener,
+            },
+        )
+        return stream
+
+    def refused(self, listener: str, reason: str, peer: str, *, call_id: str = "") -> None:
+        self.metrics.stream_refused(listener, reason)
+        logger.warning(
+            "call refused on %s from %s: %s",
+            listener,
+            peer,
+            reason,
+            extra={"listener": listener, "reason": reason, "peer": peer, "call_id": call_id},
+        )
+
+    def bad_input(self, leg: str, kind: str, message: str) -> None:
+        self.metrics.bad_input.labels(leg=leg, kind=kind).inc()
+        logger.warning("bad input on %s: %s", leg, message, extra={"leg": leg, "kind": kind})
+
+    # -- StreamObserver ----------------------------------------------------------------
+
+    def _event_source(self, stream: Stream) -> tuple[str, str]:
+        route = self._routes_by_stream.get(stream.stream_id)
+        if route is None or route.callback is None:
+            return "", ""
+        return route.callback.url, route.callback.secret
+
+    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None:
+        url, secret = self._event_source(stream)
+        common: dict[str, Any] = {
+            "stream_id": stream.stream_id,
+            "call_id": stream.call_id,
+            "app_url": stream.app_url,
+            "route": stream.route,
+            "callback_url": url,
+            "callback_secret": secret,
+        }
+        if event == "StartStream":
+            ev = StreamEvent.start(**common)
+        elif event == "StopStream":
+            ev = StreamEvent.stop(
+                **common, reason=fields["reason"], duration_s=fields["duration_s"]
+            )
+        elif event == "DroppedStream":
+            ev = StreamEvent.dropped(
+                **common,
+                reason=fields["reason"],
+                error=fields.get("error"),
+                attempts=fields.get("attempts"),
+                duration_s=fields["duration_s"],
+            )
+        elif event == "DegradedStream":
+            ev = StreamEvent.degraded(**common, buffer_percent=_percent(fields["buffer_percent"]))
+        elif event == "RecoveredStream":
+            ev = StreamEvent.recovered(**common)
+        else:
+            return
+        if self.store is not None:
+            self.store.emit(ev)
+        if event in ("DroppedStream", "DegradedStream"):
+            logger.warning(
+                "%s", event, extra={"stream_id": stream.stream_id, "route": stream.route, **fields}
+            )
+
+    def stream_state(self, stream: Stream, state: StreamState) -> None:
+        pass
+
+    def stream_closed(self, stream: Stream) -> None:
+        route = self._routes_by_stream.pop(stream.stream_id, None)
+        reason = stream.reason or "shutdown"
+        self.metrics.stream_ended(stream.route, reason)
+        self.metrics.uplink_buffer_fill.observe(stream.max_buffer_percent / 100.0)
+        prev = self._sampled.pop(stream.stream_id, (0, 0))
+        self.metrics.add_frames("call_to_app", stream.frames_in - prev[0])
+        self.metrics.add_frames("app_to_call", stream.frames_out - prev[1])
+        lat = stream.lateness_ms()
+        started = stream.started_at
+        ended = stream.ended_at or datetime.now(UTC)
+        record = StreamRecord(
+            stream_id=stream.stream_id,
+            call_id=stream.call_id,
+            route=stream.route,
+            app_url=stream.app_url,
+            listener=stream.listener,
+            encapsulation=stream.encapsulation,
+            started_at=started,
+            ended_at=ended,
+            reason=reason,  # type: ignore[arg-type]
+            error=stream.error,
+            frames_in=stream.frames_in,
+            frames_out=stream.frames_out,
+            bytes_in=stream.bytes_in,
+            bytes_out=stream.bytes_out,
+            reconnects=stream.reconnects,
+            max_buffer_percent=round(stream.max_buffer_percent, 2),
+            max_buffer_ms=int(stream.max_buffer_percent / 100.0 * stream.settings.buffer_s * 1000),
+            lateness_p50_ms=float(lat["p50"]),
+            lateness_p99_ms=float(lat["p99"]),
+            lateness_max_ms=float(lat["max"]),
+            jitter=stream.jitter_counters(),
+            events=tuple(stream.log),
+        )
+        if self.store is not None:
+            self.store.record_stream(record)
+        del route
+
+    # -- AdminBackend --------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.listening and not self.stopping
+
+    def live_streams(self) -> list[dict[str, Any]]:
+        out = []
+        for stream in self.manager.live():
+            snap = stream.snapshot()
+            snap.pop("events", None)
+            out.append(snap)
+        return out
+
+    async def get_stream(self, stream_id: str) -> dict[str, Any] | None:
+        stream = self.manager.get(stream_id)
+        if stream is not None:
+            return stream.snapshot()
+        if self.store is not None:
+            found = await self.store.get_stream(stream_id)
+            if found is not None:
+                return found
+        return self.manager.ended_snapshot(stream_id)
+
+    async def list_streams(
+        self, *, state: str | None, since: datetime | None, limit: int
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if state in (None, "live"):
+            out.extend(self.live_streams()[:limit])
+        if state in (None, "ended") and self.store is not None and len(out) < limit:
+            out.extend(await self.store.list_streams(since=since, limit=limit - len(out)))
+        return out
+
+    async def stop_stream(self, stream_id: str) -> bool:
+        return self.manager.stop(stream_id, "api_request")
+
+    async def open_rtp_stream(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.rtp_opener is None:
+            raise StreamRefused("rtp_disabled", "the RTP listener is not configured")
+        result: dict[str, Any] = await self.rtp_opener(request)
+        return result
+
+
+def _merge_reload(old: Config, new: Config) -> Config:
+    """The running config with the reloadable parts of ``new``."""
+    import msgspec
+
+    return msgspec.structs.replace(old, routes=new.routes, stream=new.stream, daemon=new.daemon)
+
+
+#: Listener starters of later layers: async fn(daemon, nursery) that bind, register in
+#: ``daemon.bound`` and start serving. Registered by their modules at import.
+_LISTENER_HOOKS: list[Callable[[Daemon, trio.Nursery], Any]] = []
+
+#: App connector factories by ``app.mode``: fn(daemon, route, stream_config, stream_id).
+_CONNECTOR_FACTORIES: dict[str, Callable[[Daemon, RouteConfig, StreamConfig, str], AppConnector]] = {}
+
+
+async def _main(config: Config, config_path: str | None) -> int:
+    daemon = Daemon(config, config_path)
+    exit_code = 0
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                await daemon.serve()
+
+            nursery.start_soon(run)
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    daemon.reload()
+                    continue
+                # First SIGTERM/SIGINT: drain. A second one while draining: stop now.
+                logger.info("%s: draining", signal.Signals(signum).name)
+
+                async def drain_then_stop() -> None:
+                    ended = await daemon.drain()
+                    logger.info("drain complete; %d streams ended with reason shutdown", ended)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(drain_then_stop)
+                async for signum2 in signals:
+                    if signum2 == signal.SIGHUP:
+                        continue
+                    logger.warning("%s during drain: stopping at once", signal.Signals(signum2).name)
+                    for stream in daemon.manager.live():
+                        stream.end("shutdown")
+                    nursery.cancel_scope.cancel()
+                    break
+                break
+    return exit_code
+
+
+def run_daemon(config: Config, *, config_path: str | None = None) -> int:
+    configure_logging(config.daemon.log_level, config.daemon.log_format)
+    try:
+        return trio.run(_main, config, config_path)
+    except OSError as exc:  # a listener that cannot bind, an unwritable records path
+        logger.error("bridge could not start: %s", exc)
+        return 1

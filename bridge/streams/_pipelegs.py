@@ -1,0 +1,159 @@
+"""Legs made of a dialect and a pipe: AudioSocket and carrier WebSocket call legs, and
+WebSocket app connections. (RTP has its own leg: it needs a jitter buffer and latching.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from .._errors import ConnectionClosed, TransportError
+from ..dialects import Event, Hangup, Message, Start, Stop
+from ._legs import Pipe, StreamSink
+
+__all__ = ["Dialect", "PipeAppConnection", "PipeCallLeg"]
+
+logger = logging.getLogger("bridge.streams")
+
+
+class Dialect(Protocol):
+    """The sans-IO connection API every dialect role implements."""
+
+    def receive(self, message: Message) -> list[Event]: ...
+
+    def send(self, event: Event) -> list[Message]: ...
+
+    def send_audio(self, pcm: bytes) -> Message: ...
+
+
+def _rate_of(dialect: Dialect, default: int) -> int:
+    rate = getattr(dialect, "sample_rate", None)
+    return rate if isinstance(rate, int) and rate > 0 else default
+
+
+@attrs.define(slots=True, eq=False)
+class PipeCallLeg:
+    """A call leg where bridge plays the *app* role of the call's protocol."""
+
+    kind: str
+    dialect: Dialect
+    pipe: Pipe
+    start: Start
+    #: Events that arrived with the start (e.g. audio in the same TCP chunk as the UUID).
+    pending: Sequence[Event] = ()
+    far_side_buffers: bool = False
+    #: Send the dialect's hangup message before closing (AudioSocket ``00 00 00``).
+    hangup_on_close: bool = True
+    _closed: bool = False
+
+    @property
+    def sample_rate(self) -> int:
+        return _rate_of(self.dialect, self.start.sample_rate)
+
+    @property
+    def call_id(self) -> str:
+        return self.start.call_id
+
+    def metadata(self) -> dict[str, Any]:
+        meta = dict(self.start.metadata)
+        meta.setdefault("call_leg", self.kind)
+        if self.start.stream_id != self.start.call_id:
+            meta.setdefault("call_stream_id", self.start.stream_id)
+        return meta
+
+    def send_audio(self, pcm: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            self.pipe.send_nowait(self.dialect.send_audio(pcm))
+        except (ConnectionClosed, TransportError):
+            # The reader sees the same failure and ends the stream with call_hangup.
+            self._closed = True
+
+    def send_event(self, event: Event) -> bool:
+        if self._closed:
+            return False
+        messages = self.dialect.send(event)
+        try:
+            for message in messages:
+                self.pipe.send_nowait(message)
+        except (ConnectionClosed, TransportError):
+            self._closed = True
+            return False
+        return bool(messages)
+
+    async def serve_reader(self, sink: StreamSink) -> str:
+        for event in self.pending:
+            sink.on_call_event(event)
+        self.pending = ()
+        receive = self.pipe.receive
+        decode = self.dialect.receive
+        on_event = sink.on_call_event
+        try:
+            while True:
+                message = await receive()
+                for event in decode(message):
+                    on_event(event)
+        except ConnectionClosed:
+            return "call_hangup"
+
+    async def serve_writer(self) -> None:
+        await self.pipe.serve_writer(None)
+
+    async def aclose(self, reason: str) -> None:
+        if not self._closed and self.hangup_on_close and reason != "call_hangup":
+            # The app side ends the call: say so the way the protocol expects.
+            self.send_event(Hangup())
+        self._closed = True
+        await self.pipe.aclose(1000, reason)
+
+
+@attrs.define(slots=True, eq=False)
+class PipeAppConnection:
+    """One app-leg connection: bridge plays the *platform* role of the encapsulation."""
+
+    dialect: Dialect
+    pipe: Pipe
+    sample_rate: int
+    #: Called with (event name) the first time the app sends something unknown.
+    on_unknown: Callable[[str], None] | None = None
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self.pipe.backlog_bytes
+
+    def send_audio(self, pcm: bytes) -> None:
+        self.pipe.send_nowait(self.dialect.send_audio(pcm))
+
+    def send_event(self, event: Event) -> None:
+        for message in self.dialect.send(event):
+            self.pipe.send_nowait(message)
+
+    async def serve_reader(self, sink: StreamSink) -> None:
+        receive = self.pipe.receive
+        decode = self.dialect.receive
+        on_event = sink.on_app_event
+        try:
+            while True:
+                message = await receive()
+                for event in decode(message):
+                    on_event(event)
+                    if type(event) is Hangup or type(event) is Stop:
+                        return
+        except ConnectionClosed as exc:
+            # RFC 6455 §7.4.1: 1000 is a normal closure, the app's way of hanging up.
+            # Everything else (1001 going away on a deploy, 1006 abnormal, 1011 error)
+            # is an outage the supervisor rides through.
+            if exc.code == 1000:
+                return
+            raise
+
+    async def serve_writer(self, on_drained: Callable[[], None]) -> None:
+        await self.pipe.serve_writer(on_drained)
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        await self.pipe.aclose(code, reason)
+

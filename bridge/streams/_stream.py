@@ -1,0 +1,722 @@
+"""One call: a Trio nursery holding a reader, a writer, a pacing clock and a reconnect
+supervisor (ARCHITECTURE.md, "The nursery tree")::
+
+    Stream.run()                      the stream's own nursery
+    ├── call reader                   call leg -> decode -> forward to the app inline
+    ├── call writer                   flushes the call leg's send backlog (idle normally)
+    ├── pacing clock                  a registration on the process-wide Ticker, not a task
+    └── reconnect supervisor          owns the app leg; first attempt + ``retries``
+        └── app connection            one nursery per attempt
+            ├── app reader            app leg -> decode -> playout buffer, marks, clear
+            └── app writer            uplink buffer -> app leg (replay, backpressure)
+
+The per-frame paths never hand a frame to another task:
+
+* call -> app: the call reader decodes, resamples and sends to the app leg with a
+  non-blocking send in the same step (the caller already paces its audio). Only when the
+  app leg is down or backed up does the frame go into the uplink buffer.
+* app -> call: the app reader decodes and resamples into the playout buffer; the shared
+  Ticker calls ``on_tick`` at this stream's deadline, which pops exactly one frame
+  (silence or the hold sound when there is none) and sends it without awaiting.
+
+Closing is one cancel of the nursery plus an ordered, bounded ``closing`` step: send the
+dialect's stop to the app, close both legs, emit the final event, write the record.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from .._errors import ConnectionClosed, DialectError, TransportError
+from ..dialects import (
+    Audio,
+    Clear,
+    Cleared,
+    Drained,
+    Dtmf,
+    Event,
+    Hangup,
+    Mark,
+    Start,
+    Stats,
+    StatsRequest,
+    Stop,
+)
+from ..media import PacingClock, PlayoutBuffer, Resampler, frame_bytes
+from ._legs import AppConnection, AppConnector, CallLeg
+from ._ticker import Ticker, TickHandle
+from ._uplink import UplinkBuffer
+
+__all__ = ["Stream", "StreamObserver", "StreamSettings", "StreamState"]
+
+logger = logging.getLogger("bridge.streams")
+
+#: Reasons that end a stream normally (StopStream); the others are drops.
+DROP_REASONS = frozenset({"connection_error", "slow_connection"})
+
+#: How long the ordered closing step may take in all (stop message, close handshakes).
+CLOSE_BUDGET_S = 3.0
+
+#: Phase of this stream's playout grid after the app's first audio: a frame that arrives
+#: from the app is sent this long after it arrived at the earliest. Small enough to add
+#: little latency, large enough to absorb the ticker's 1 ms granularity.
+PHASE_MARGIN_S = 0.0015
+
+#: If the caller sends nothing, the grid starts anyway after this long.
+START_GRID_AFTER_S = 0.1
+
+
+class StreamState(enum.StrEnum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    STREAMING = "streaming"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@attrs.frozen(slots=True)
+class StreamSettings:
+    """The route's effective stream policy, in engine units."""
+
+    app_sample_rate: int = 8000
+    ptime_ms: int = 20
+    retries: int = 2
+    backoff_s: float = 0.5
+    buffer_s: float = 40.0
+    degraded_at: Sequence[int] = (30, 60, 90)
+    timeout_s: float = 4 * 3600.0
+    send_ahead_frames: int = 0
+    #: PCM16LE mono played to the caller while the app leg is down, and its rate.
+    hold_pcm: bytes = b""
+    hold_sample_rate: int = 8000
+    max_catch_up_frames: int = 3
+
+
+class StreamObserver(Protocol):
+    """The daemon side: events, records, metrics. Every call is synchronous and cheap."""
+
+    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None: ...
+
+    def stream_state(self, stream: Stream, state: StreamState) -> None: ...
+
+    def stream_closed(self, stream: Stream) -> None: ...
+
+
+class _NullObserver:
+    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None:
+        pass
+
+    def stream_state(self, stream: Stream, state: StreamState) -> None:
+        pass
+
+    def stream_closed(self, stream: Stream) -> None:
+        pass
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@attrs.define(slots=True, eq=False)
+class Stream:
+    """One call's media stream. Create it, then ``await stream.run()`` in a nursery."""
+
+    stream_id: str
+    call: CallLeg
+    connector: AppConnector
+    ticker: Ticker
+    settings: StreamSettings = attrs.field(factory=StreamSettings)
+    route: str = ""
+    listener: str = ""
+    encapsulation: str = "sln"
+    observer: StreamObserver = attrs.field(factory=_NullObserver)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    state: StreamState = StreamState.CONNECTING
+    #: (state, wall-clock UTC) in order: visible in GET /v1/streams.
+    history: list[tuple[str, datetime]] = attrs.field(factory=list)
+    #: The stream's event log (the Plivo "debug log"): time, name, detail.
+    log: list[dict[str, Any]] = attrs.field(factory=list)
+    started_at: datetime = attrs.field(factory=_utcnow)
+    ended_at: datetime | None = None
+    reason: str | None = None
+    error: str | None = None
+    attempts: int = 0  # app-leg connection attempts over the whole stream
+    outage_attempts: int = 0  # attempts since the app leg was last up
+    reconnects: int = 0
+    closed_event: trio.Event = attrs.field(factory=trio.Event)
+
+    # -- counters (plain ints: prometheus objects cost µs, the daemon reads these) -----
+    frames_in: int = 0  # call -> app
+    frames_out: int = 0  # app -> call
+    bytes_in: int = 0
+    bytes_out: int = 0
+    app_frames_received: int = 0
+
+    # -- internals ---------------------------------------------------------------------
+    _cancel: trio.CancelScope | None = None
+    _app: AppConnection | None = None
+    _app_ever_up: bool = False
+    _uplink: UplinkBuffer = attrs.field(init=False)
+    _playout: PlayoutBuffer = attrs.field(init=False)
+    _clock: PacingClock | None = None
+    _tick: TickHandle | None = None
+    _phased: bool = False
+    _up_rs: Resampler | None = None
+    _up_rate: int = 0
+    _down_rs: Resampler | None = None
+    _down_rate: int = 0
+    _silence: bytes = b""
+    _hold: bytes = b""
+    _hold_pos: int = 0
+    _call_rate: int = 0
+    _logged_once: set[str] = attrs.field(factory=set)
+    _t0: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        s = self.settings
+        app_rate = s.app_sample_rate
+        bytes_per_ms = app_rate * 2 / 1000.0
+        self._uplink = UplinkBuffer(
+            capacity_bytes=int(s.buffer_s * 1000 * bytes_per_ms),
+            bytes_per_ms=bytes_per_ms,
+            thresholds=tuple(s.degraded_at),
+        )
+        self._set_call_rate(self.call.sample_rate)
+        self.history.append((self.state.value, self.started_at))
+
+    # ==================================================================================
+    # public surface
+    # ==================================================================================
+
+    @property
+    def call_id(self) -> str:
+        return self.call.call_id
+
+    @property
+    def app_url(self) -> str:
+        return self.connector.url
+
+    @property
+    def app_connected(self) -> bool:
+        return self._app is not None
+
+    @property
+    def buffer_percent(self) -> float:
+        return self._uplink.percent
+
+    @property
+    def max_buffer_percent(self) -> float:
+        return self._uplink.max_percent
+
+    @property
+    def clock(self) -> PacingClock | None:
+        return self._clock
+
+    def end(self, reason: str, error: str | None = None) -> None:
+        """End the stream with ``reason`` (the first reason given wins). Never blocks."""
+        if self.reason is None:
+            self.reason = reason
+            self.error = error
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able view for the admin API."""
+        return {
+            "stream_id": self.stream_id,
+            "call_id": self.call_id,
+            "route": self.route,
+            "listener": self.listener,
+            "app_url": self.app_url,
+            "encapsulation": self.encapsulation,
+            "state": self.state.value,
+            "states": [{"state": s, "at": t.isoformat()} for s, t in self.history],
+            "started_at": self.started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "reason": self.reason,
+            "error": self.error,
+            "legs": {
+                "call": {"kind": self.call.kind, "sample_rate": self.call.sample_rate},
+                "app": {
+                    "url": self.app_url,
+                    "connected": self.app_connected,
+                    "sample_rate": self.settings.app_sample_rate,
+                    "attempts": self.attempts,
+                    "reconnects": self.reconnects,
+                },
+            },
+            "counters": {
+                "frames_in": self.frames_in,
+                "frames_out": self.frames_out,
+                "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out,
+            },
+            "buffer": {
+                "fill_percent": round(self._uplink.percent, 2),
+                "fill_ms": self._uplink.fill_ms,
+                "max_percent": round(self._uplink.max_percent, 2),
+                "playout_ms": self._playout.queued_ms,
+            },
+            "lateness_ms": self.lateness_ms(),
+            "events": list(self.log),
+        }
+
+    def jitter_counters(self) -> dict[str, int]:
+        """The call leg's jitter-buffer counters (RTP legs have them), else empty."""
+        fn = getattr(self.call, "jitter_counters", None)
+        return dict(fn()) if callable(fn) else {}
+
+    def lateness_ms(self) -> dict[str, float]:
+        clock = self._clock
+        if clock is None or clock.count == 0:
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0, "frames": 0}
+        return {
+            "p50": round(clock.percentile(50), 3),
+            "p99": round(clock.percentile(99), 3),
+            "max": round(clock.max_ms, 3),
+            "frames": clock.count,
+        }
+
+    # ==================================================================================
+    # the nursery
+    # ==================================================================================
+
+    async def run(self) -> None:
+        """Run the stream until it ends, then close it in order. Never raises for
+        anything a peer did; the outcome is in ``reason``/``error`` and the events."""
+        self._t0 = trio.current_time()
+        self._note("stream", {"listener": self.listener, "route": self.route})
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                if self.reason is not None:  # ended before it started
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._serve_call_reader)
+                nursery.start_soon(self._serve_call_writer)
+                nursery.start_soon(self._supervise)
+                nursery.start_soon(self._serve_timers)
+                self._tick = self.ticker.register(self, math.inf)
+        except Exception as exc:  # a bug, not a peer: log it, and still close in order
+            logger.exception("stream failed", extra={"stream_id": self.stream_id})
+            if self.reason is None:
+                self.reason = "connection_error"
+                self.error = f"internal error: {exc!r}"
+        finally:
+            if self._tick is not None:
+                self._tick.cancel()
+                self._tick = None
+            await self._close()
+
+    async def _close(self) -> None:
+        reason = self.reason or "shutdown"
+        self.reason = reason
+        self._set_state(StreamState.CLOSING)
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + CLOSE_BUDGET_S
+            # The app leg was already stopped and closed by the supervisor on its way out.
+            await self.call.aclose(reason)
+        self.ended_at = _utcnow()
+        duration_s = (self.ended_at - self.started_at).total_seconds()
+        fields: dict[str, Any] = {"reason": reason, "duration_s": round(duration_s, 3)}
+        if reason in DROP_REASONS:
+            fields["error"] = self.error
+            fields["attempts"] = self.outage_attempts
+            self._emit("DroppedStream", fields)
+        else:
+            if self.error:
+                fields["error"] = self.error
+            self._emit("StopStream", fields)
+        self._set_state(StreamState.CLOSED)
+        logger.info(
+            "stream closed",
+            extra={"stream_id": self.stream_id, "reason": reason, "error": self.error},
+        )
+        self.observer.stream_closed(self)
+        self.closed_event.set()
+
+    # ==================================================================================
+    # call leg
+    # ==================================================================================
+
+    async def _serve_call_reader(self) -> None:
+        try:
+            reason = await self.call.serve_reader(self)
+        except DialectError as exc:
+            logger.warning(
+                "bad input on the call leg: %s", exc, extra={"stream_id": self.stream_id}
+            )
+            self.end("call_hangup", f"call leg protocol error: {exc.message}")
+            return
+        except (ConnectionClosed, TransportError) as exc:
+            reason, self.error = "call_hangup", self.error or str(exc)
+        self.end(reason)
+
+    async def _serve_call_writer(self) -> None:
+        try:
+            await self.call.serve_writer()
+        except TransportError as exc:
+            self.end("call_hangup", f"call leg send failed: {exc}")
+
+    def _set_call_rate(self, rate: int) -> None:
+        self._call_rate = rate
+        s = self.settings
+        fb = frame_bytes(rate, s.ptime_ms)
+        old = getattr(self, "_playout", None)
+        self._playout = PlayoutBuffer(fb, s.ptime_ms)
+        if old is not None:
+            # A rate change mid-call (AudioSocket kind switch) is rare; carry the marks.
+            for name in old.clear():
+                self._playout.mark(name)
+        self._silence = bytes(fb)
+        self._down_rs = Resampler(s.app_sample_rate, rate)
+        self._down_rate = rate
+        if s.hold_pcm:
+            hold = s.hold_pcm
+            if s.hold_sample_rate != rate:
+                hold = Resampler(s.hold_sample_rate, rate).process(hold)
+            # Whole frames only, so the loop point lands on a frame boundary.
+            self._hold = hold[: len(hold) - len(hold) % fb] or b""
+            self._hold_pos = 0
+
+    def on_call_event(self, event: Event) -> None:
+        """From the call reader: one decoded event of the caller's side."""
+        if type(event) is Audio:
+            frame = event.frame
+            pcm = frame.pcm
+            self.frames_in += 1
+            self.bytes_in += len(pcm)
+            rate = frame.sample_rate
+            if rate != self._up_rate:
+                self._up_rs = Resampler(rate, self.settings.app_sample_rate)
+                self._up_rate = rate
+                if rate != self._call_rate:
+                    self._set_call_rate(rate)
+            assert self._up_rs is not None
+            self._to_app(self._up_rs.process(pcm))
+            if self._clock is None:
+                self._start_grid(trio.current_time())
+        elif type(event) is Dtmf:
+            self._note("dtmf", {"digit": event.digit, "from": "call"})
+            self._to_app(event)
+        elif type(event) is Mark:
+            # A carrier's echo of a mark we forwarded: now it really was played (or
+            # cleared) on the far side, so the app learns it.
+            self._app_event(event)
+        elif type(event) is Cleared:
+            self._app_event(event)
+        elif type(event) is Stop:
+            self.end("call_hangup")
+        else:
+            self._log_once(f"call:{type(event).__name__}", "ignored call-leg event %s", event)
+
+    # ==================================================================================
+    # call -> app (uplink)
+    # ==================================================================================
+
+    def _to_app(self, item: bytes | Event) -> None:
+        app = self._app
+        uplink = self._uplink
+        if app is not None and not len(uplink) and not app.backlog_bytes:
+            try:
+                if type(item) is bytes:
+                    app.send_audio(item)
+                else:
+                    app.send_event(item)  # type: ignore[arg-type]
+                return
+            except (ConnectionClosed, TransportError):
+                pass  # the reader sees the failure; keep the frame for the replay
+        crossed = uplink.append(item)
+        for threshold in crossed:
+            self._note("degraded", {"buffer_percent": threshold})
+            self._emit("DegradedStream", {"buffer_percent": threshold})
+        if uplink.full:
+            self.end("slow_connection", f"uplink buffer full ({self.settings.buffer_s:g}s of audio)")
+
+    def _drain_uplink(self) -> None:
+        """Move buffered caller audio on to the app while the app leg takes it without
+        blocking (called when a connection is up and whenever its backlog empties)."""
+        app = self._app
+        uplink = self._uplink
+        if app is None:
+            return
+        try:
+            # Stop at a modest backlog so the writer task paces the replay to the socket.
+            while len(uplink) and app.backlog_bytes < 65536:
+                item = uplink.popleft()
+                if type(item) is bytes:
+                    app.send_audio(item)
+                else:
+                    app.send_event(item)  # type: ignore[arg-type]
+        except (ConnectionClosed, TransportError):
+            return
+        if uplink.check_recovered():
+            self._note("recovered", {"buffer_percent": round(uplink.percent, 1)})
+            self._emit("RecoveredStream", {})
+
+    # ==================================================================================
+    # app -> call (downlink)
+    # ==================================================================================
+
+    def on_app_event(self, event: Event) -> None:
+        """From the app reader: one decoded event of the application's side."""
+        if type(event) is Audio:
+            frame = event.frame
+            self.app_frames_received += 1
+            pcm = frame.pcm
+            if frame.sample_rate != self.settings.app_sample_rate:
+                pcm = Resampler(frame.sample_rate, self._call_rate).process(pcm)
+            else:
+                assert self._down_rs is not None
+                pcm = self._down_rs.process(pcm)
+            self._playout.push(pcm)
+            if not self._phased:
+                self._phase_grid(trio.current_time())
+        elif type(event) is Mark:
+            self._playout.mark(event.name)
+        elif type(event) is Clear:
+            pending = self._playout.clear()
+            if self.call.far_side_buffers:
+                self.call.send_event(Clear())
+            for name in pending:
+                self._app_event(Mark(name))
+            self._app_event(Cleared())
+            self._note("clear", {"marks_returned": len(pending)})
+        elif type(event) is Dtmf:
+            self._note("dtmf", {"digit": event.digit, "from": "app"})
+            if not self.call.send_event(event):
+                self._log_once("dtmf-out", "the call leg (%s) cannot send DTMF", self.call.kind)
+        elif type(event) is Hangup:
+            self._note("hangup", {"from": "app"})
+            self.end("app_hangup")
+        elif type(event) is StatsRequest:
+            self._app_event(Stats(int(self._playout.queued_ms), self._uplink.fill_ms))
+        elif type(event) is Stop:
+            self.end("app_hangup")
+        else:
+            self._log_once(f"app:{type(event).__name__}", "ignored app-leg event %s", event)
+
+    def _app_event(self, event: Event) -> None:
+        app = self._app
+        if app is None:
+            return  # marks/cleared for a connection that is gone mean nothing to the next
+        try:
+            app.send_event(event)
+        except (ConnectionClosed, TransportError):
+            pass
+
+    # ==================================================================================
+    # pacing
+    # ==================================================================================
+
+    def _start_grid(self, now: float) -> None:
+        s = self.settings
+        self._clock = PacingClock(
+            origin_s=now,
+            ptime_s=s.ptime_ms / 1000.0,
+            max_catch_up=s.max_catch_up_frames,
+            lead_frames=s.send_ahead_frames if self.call.far_side_buffers else 0,
+        )
+        if self._tick is not None:
+            self._tick.reschedule(self._clock.next_deadline_s)
+
+    def _phase_grid(self, now: float) -> None:
+        """Align the grid to the app's audio once, so a frame from the app waits at
+        most PHASE_MARGIN_S, not up to a whole ptime, before it goes to the caller."""
+        self._phased = True
+        clock = self._clock
+        if clock is None:
+            self._start_grid(now + PHASE_MARGIN_S)
+            return
+        # Keep the spacing to the last frame sent ≥ half a ptime, so the caller's
+        # side never sees two frames crammed together.
+        ptime = self.settings.ptime_ms / 1000.0
+        next_deadline = clock.next_deadline_s
+        target = now + PHASE_MARGIN_S
+        if next_deadline - target > ptime / 2:
+            clock.rephase(target)
+            if self._tick is not None:
+                self._tick.reschedule(clock.next_deadline_s)
+
+    async def _serve_timers(self) -> None:
+        """The stream's two timers, as one sleeping task: start the grid if the caller
+        stays silent, and ``stream_timeout``."""
+        await trio.sleep_until(self._t0 + START_GRID_AFTER_S)
+        if self._clock is None:
+            self._start_grid(trio.current_time())
+        await trio.sleep_until(self._t0 + self.settings.timeout_s)
+        self._note("timeout", {"timeout_s": self.settings.timeout_s})
+        self.end("stream_timeout")
+
+    def on_tick(self, now_s: float) -> float:
+        """Called by the Ticker at this stream's deadline: send the frame(s) due."""
+        clock = self._clock
+        if clock is None:
+            return math.inf
+        n = clock.due(now_s)
+        playout = self._playout
+        call = self.call
+        app_up = self._app is not None
+        for _ in range(n):
+            pcm, marks = playout.pop()
+            if pcm is None:
+                if not app_up and self._hold:
+                    hold, pos = self._hold, self._hold_pos
+                    fb = len(self._silence)
+                    pcm = hold[pos : pos + fb]
+                    self._hold_pos = (pos + fb) % len(hold)
+                else:
+                    pcm = self._silence
+            call.send_audio(pcm)
+            self.frames_out += 1
+            self.bytes_out += len(pcm)
+            for name in marks:
+                if call.far_side_buffers and call.send_event(Mark(name)):
+                    continue  # the carrier echoes it when it has played it
+                self._app_event(Mark(name))
+        if playout.take_drained():
+            self._app_event(Drained())
+        return clock.next_deadline_s
+
+    # ==================================================================================
+    # reconnect supervisor
+    # ==================================================================================
+
+    async def _supervise(self) -> None:
+        """Own the app leg: the first attempt plus ``retries`` more with doubling
+        backoff, at initiation and again after every mid-stream loss."""
+        s = self.settings
+        attempt = 0
+        delay = s.backoff_s
+        last_error = ""
+        while True:
+            attempt += 1
+            self.attempts += 1
+            self.outage_attempts = attempt
+            self._set_state(StreamState.CONNECTING)
+            outcome: str | None = None
+            try:
+                async with self.connector.open(self.stream_id, self.call_id) as conn:
+                    attempt, delay = 0, s.backoff_s
+                    try:
+                        self._on_app_connected(conn)
+                        outcome = await self._run_connection(conn)
+                    finally:
+                        self._app = None
+                        if self.reason is not None:
+                            # The stream is ending: the dialect's stop goes out before
+                            # the close handshake that leaving this block performs.
+                            try:
+                                conn.send_event(Stop(self.reason))
+                            except (ConnectionClosed, TransportError):
+                                pass
+            except (TransportError, OSError) as exc:
+                last_error = str(exc) or type(exc).__name__
+                self._note("connect_failed", {"attempt": self.outage_attempts, "error": last_error})
+                logger.info(
+                    "app connect attempt %d failed: %s",
+                    self.outage_attempts,
+                    last_error,
+                    extra={"stream_id": self.stream_id, "route": self.route},
+                )
+                if attempt > s.retries:
+                    when = "mid-stream" if self._app_ever_up else "at initiation"
+                    self.end(
+                        "connection_error",
+                        f"app leg unreachable {when} after {attempt} attempts: {last_error}",
+                    )
+                    return
+                await trio.sleep(delay)
+                delay *= 2
+                continue
+            if outcome is None:
+                self.end("app_hangup")
+                return
+            self.reconnects += 1
+            self._note("app_lost", {"error": outcome})
+            logger.warning(
+                "app leg lost: %s; reconnecting",
+                outcome,
+                extra={"stream_id": self.stream_id, "route": self.route},
+            )
+
+    def _on_app_connected(self, conn: AppConnection) -> None:
+        resumed = self._app_ever_up
+        replayed_ms = self._uplink.fill_ms
+        self._app = conn
+        self._set_state(StreamState.OPEN)
+        conn.send_event(
+            Start(
+                stream_id=self.stream_id,
+                call_id=self.call_id,
+                sample_rate=self.settings.app_sample_rate,
+                encoding="L16",
+                metadata=self.call.metadata(),
+                resumed=resumed,
+                replayed_ms=replayed_ms,
+            )
+        )
+        if resumed:
+            self._note("resumed", {"replayed_ms": replayed_ms})
+        else:
+            self._app_ever_up = True
+            self._emit("StartStream", {})
+        self._set_state(StreamState.STREAMING)
+        self._drain_uplink()
+
+    async def _run_connection(self, conn: AppConnection) -> str | None:
+        """Run one connection's reader and writer. None = a normal end (the app hung up,
+        or the stream is ending); otherwise the failure, and the supervisor reconnects."""
+        failure: list[str] = []
+
+        async def reader(cancel: trio.CancelScope) -> None:
+            try:
+                await conn.serve_reader(self)
+            except (ConnectionClosed, TransportError, DialectError) as exc:
+                failure.append(str(exc) or type(exc).__name__)
+            cancel.cancel()
+
+        async def writer(cancel: trio.CancelScope) -> None:
+            try:
+                await conn.serve_writer(self._drain_uplink)
+            except (ConnectionClosed, TransportError) as exc:
+                failure.append(str(exc) or type(exc).__name__)
+                cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, nursery.cancel_scope)
+            nursery.start_soon(writer, nursery.cancel_scope)
+        return failure[0] if failure else None
+
+    # ==================================================================================
+    # bookkeeping
+    # ==================================================================================
+
+    def _set_state(self, state: StreamState) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        self.history.append((state.value, _utcnow()))
+        self.observer.stream_state(self, state)
+
+    def _note(self, name: str, detail: dict[str, Any]) -> None:
+        self.log.append({"at": _utcnow().isoformat(), "event": name, **detail})
+
+    def _emit(self, event: str, fields: dict[str, Any]) -> None:
+        self._note(event, fields)
+        self.observer.stream_event(self, event, fields)
+
+    def _log_once(self, key: str, msg: str, *args: object) -> None:
+        if key in self._logged_once:
+            return
+        self._logged_once.add(key)
+        logger.info(msg, *args, extra={"stream_id": self.stream_id})
+

@@ -1,0 +1,71 @@
+"""Shared fixtures: a daemon on ephemeral loopback ports with its records in tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+
+from bridge.daemon._config import Config, parse_config
+from bridge.daemon._daemon import Daemon
+
+
+def make_config(tmp_path: Path, extra: str = "", *, routes: str | None = None) -> Config:
+    """The embedded default's shape on port 0 everywhere, records in tmp_path."""
+    default_routes = """
+[[routes]]
+name = "as-echo"
+match = { listener = "audiosocket" }
+app = { url = "echo:", encapsulation = "sln", sample_rate = 8000 }
+"""
+    text = f"""
+[daemon]
+log_level = "debug"
+log_format = "console"
+drain_timeout = "2s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[audiosocket]
+listen = "127.0.0.1:0"
+first_frame_timeout = "1s"
+
+[websocket]
+listen = "127.0.0.1:0"
+
+[rtp]
+bind = "127.0.0.1"
+ports = "41000-41099"
+
+[records]
+path = "{tmp_path / "bridge.sqlite3"}"
+
+[callbacks]
+backoff = "50ms"
+max_backoff = "200ms"
+
+{extra}
+{default_routes if routes is None else routes}
+"""
+    return parse_config(text, file="test.toml")
+
+
+@pytest.fixture
+async def daemon_factory(tmp_path: Path) -> AsyncIterator[object]:
+    """``await start(config)`` runs a Daemon in the test's nursery until the test ends."""
+    async with trio.open_nursery() as nursery:
+
+        async def start(config: Config | None = None) -> Daemon:
+            daemon = Daemon(config or make_config(tmp_path))
+            await nursery.start(daemon.serve)
+            return daemon
+
+        yield start
+        nursery.cancel_scope.cancel()
+
+
+_ = msgspec

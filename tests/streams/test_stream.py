@@ -1,0 +1,270 @@
+"""The stream engine's timing policy on the autojump clock: pacing, retries, thresholds,
+timeouts, replay. No sockets; the legs are in-memory fakes (tests/streams/fakes.py)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from bridge.dialects import Audio, Clear, Dtmf, Hangup, Mark, Start
+from bridge.media import Frame
+from bridge.streams import (
+    EchoConnector,
+    Stream,
+    StreamSettings,
+    StreamState,
+    Ticker,
+)
+
+from .fakes import FakeAppConnection, FakeCallLeg, ScriptedConnector
+
+FRAME_8K = 320
+
+
+def numbered_frame(n: int, size: int = FRAME_8K) -> bytes:
+    """A frame whose every sample carries its number: sample-exact identity checks."""
+    return struct.pack("<h", (n + 1) % 32768) * (size // 2)  # never all-zero
+
+
+def frame_number(pcm: bytes) -> int:
+    return int(struct.unpack_from("<h", pcm)[0]) - 1
+
+
+@attrs.define
+class Recorder:
+    events: list[tuple[float, str, dict[str, Any]]] = attrs.field(factory=list)
+    states: list[str] = attrs.field(factory=list)
+    closed: list[str] = attrs.field(factory=list)
+
+    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None:
+        self.events.append((trio.current_time(), event, dict(fields)))
+
+    def stream_state(self, stream: Stream, state: StreamState) -> None:
+        self.states.append(state.value)
+
+    def stream_closed(self, stream: Stream) -> None:
+        self.closed.append(stream.reason or "")
+
+    def names(self) -> list[str]:
+        return [name for _, name, _ in self.events]
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def run_stream(
+    nursery: trio.Nursery, call: FakeCallLeg, connector: Any, **settings: Any
+) -> tuple[Stream, Recorder, Ticker]:
+    ticker = Ticker()
+    nursery.start_soon(ticker.serve)
+    rec = Recorder()
+    stream = Stream(
+        stream_id="s-1",
+        call=call,
+        connector=connector,
+        ticker=ticker,
+        settings=StreamSettings(**settings),
+        route="r",
+        observer=rec,
+    )
+    nursery.start_soon(stream.run)
+    return stream, rec, ticker
+
+
+async def feed_caller(call: FakeCallLeg, frames: int, start: int = 0) -> None:
+    for n in range(start, start + frames):
+        call.inject_audio(numbered_frame(n))
+        await trio.sleep(0.02)
+
+
+async def test_echo_plays_every_frame_back_paced(clock: trio.testing.MockClock) -> None:
+    call = FakeCallLeg()
+    async with trio.open_nursery() as nursery:
+        stream, rec, ticker = await run_stream(nursery, call, EchoConnector(8000))
+        await trio.sleep(0.001)
+        await feed_caller(call, 100)
+        await trio.sleep(0.2)
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    numbers = [frame_number(pcm) for _, pcm in call.sent if any(pcm)]
+    assert numbers == list(range(100))  # every frame back once, in order
+    times = [t for t, _ in call.sent]
+    gaps = {round(b - a, 6) for a, b in zip(times, times[1:], strict=False)}
+    assert gaps == {0.02}, gaps  # paced on an exact 20 ms grid
+    assert stream.reason == "call_hangup"
+    assert rec.names() == ["StartStream", "StopStream"]
+    assert rec.states == ["open", "streaming", "closing", "closed"]
+    assert stream.lateness_ms()["max"] == 0.0
+
+
+async def test_grid_does_not_drift_in_one_simulated_hour(clock: trio.testing.MockClock) -> None:
+    call = FakeCallLeg()
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(nursery, call, EchoConnector(8000), timeout_s=3600.0)
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    assert stream.reason == "stream_timeout"
+    first, last = call.sent[0][0], call.sent[-1][0]
+    n = len(call.sent)
+    # Every frame on its deadline: the n-th frame is exactly n-1 ptimes after the first.
+    assert last - first == pytest.approx((n - 1) * 0.02, abs=1e-6)
+    # A silent caller: the grid starts 0.1 s in, and has a slot every 20 ms up to and
+    # including t = 3600 s. Not one frame more or less over the hour.
+    expected = int(round((3600.0 - (first - 0.0)) / 0.02)) + 1
+    assert n == expected
+
+
+async def test_unreachable_app_three_attempts_then_one_drop(clock: trio.testing.MockClock) -> None:
+    call = FakeCallLeg()
+    connector = ScriptedConnector()
+    async with trio.open_nursery() as nursery:
+        stream, rec, _ = await run_stream(nursery, call, connector, retries=2, backoff_s=0.5)
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    t0 = connector.attempts[0]
+    # The first attempt plus 2 retries, backoff doubling from 0.5 s (each handshake 10 ms).
+    assert [round(t - t0, 3) for t in connector.attempts] == [0.0, 0.51, 1.52]
+    assert rec.names() == ["DroppedStream"]
+    _, _, fields = rec.events[0]
+    assert fields["reason"] == "connection_error"
+    assert fields["attempts"] == 3
+    assert "at initiation" in fields["error"]
+    assert call.closed_reason == "connection_error"
+
+
+async def test_degraded_at_each_threshold_then_dropped_for_slowness(
+    clock: trio.testing.MockClock,
+) -> None:
+    call = FakeCallLeg()
+    connector = ScriptedConnector()  # never reachable; retries outlast the buffer
+    async with trio.open_nursery() as nursery:
+        stream, rec, _ = await run_stream(
+            nursery, call, connector, retries=100, backoff_s=0.1, buffer_s=1.0
+        )
+        nursery.start_soon(feed_caller, call, 200)
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    assert rec.names() == ["DegradedStream"] * 3 + ["DroppedStream"]
+    assert [f["buffer_percent"] for _, n, f in rec.events if n == "DegradedStream"] == [30, 60, 90]
+    times = [t for t, _, _ in rec.events]
+    # 1 s of buffer holds 50 frames: 30/60/90 % are crossed by frames 15, 30, 45 and
+    # frame 50 fills it, i.e. 0.3 s, 0.6 s and 0.7 s after the first crossing.
+    frame_of = {30: 15, 60: 30, 90: 45, 100: 50}
+    expected = [round((frame_of[p] - 15) * 0.02, 2) for p in (30, 60, 90, 100)]
+    assert [round(t - times[0], 2) for t in times] == expected
+    assert rec.events[-1][2]["reason"] == "slow_connection"
+
+
+async def test_mid_stream_loss_replays_every_frame_once_in_order(
+    clock: trio.testing.MockClock,
+) -> None:
+    call = FakeCallLeg()
+    first, second = FakeAppConnection(), FakeAppConnection()
+    connector = ScriptedConnector([first, None, second])  # one failed attempt between
+    async with trio.open_nursery() as nursery:
+        stream, rec, _ = await run_stream(nursery, call, connector, backoff_s=0.2)
+        await trio.sleep(0.05)
+        nursery.start_soon(feed_caller, call, 150)
+        await trio.sleep(1.0)
+        first.kill()
+        await trio.sleep(2.5)
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    got = [frame_number(p) for p in first.audio()] + [frame_number(p) for p in second.audio()]
+    assert got == list(range(150))
+    starts = second.starts()
+    assert len(starts) == 1 and starts[0].resumed and starts[0].replayed_ms > 0
+    assert first.starts()[0].resumed is False
+    assert stream.reconnects == 1
+    assert rec.names() == ["StartStream", "StopStream"]  # an outage is not a drop
+
+
+async def test_normal_close_and_hangup_end_with_app_hangup(clock: trio.testing.MockClock) -> None:
+    for finish in ("close", "hangup"):
+        call = FakeCallLeg()
+        conn = FakeAppConnection()
+        async with trio.open_nursery() as nursery:
+            stream, rec, _ = await run_stream(nursery, call, ScriptedConnector([conn]))
+            await trio.sleep(0.1)
+            if finish == "close":
+                conn.close_normally()
+            else:
+                conn.feed(Hangup())
+            await stream.closed_event.wait()
+            nursery.cancel_scope.cancel()
+        assert stream.reason == "app_hangup", finish
+        assert rec.events[-1][2]["reason"] == "app_hangup"
+        assert call.closed_reason == "app_hangup"
+
+
+async def test_stream_timeout(clock: trio.testing.MockClock) -> None:
+    call = FakeCallLeg()
+    async with trio.open_nursery() as nursery:
+        stream, rec, _ = await run_stream(nursery, call, EchoConnector(8000), timeout_s=5.0)
+        await stream.closed_event.wait()
+        end = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert stream.reason == "stream_timeout"
+    assert end == pytest.approx(5.0, abs=0.01)
+    assert rec.events[-1][2]["reason"] == "stream_timeout"
+
+
+async def test_marks_released_after_their_audio_and_clear_returns_pending(
+    clock: trio.testing.MockClock,
+) -> None:
+    call = FakeCallLeg()
+    conn = FakeAppConnection()
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(nursery, call, ScriptedConnector([conn]))
+        await trio.sleep(0.2)
+        conn.feed(Audio(Frame(numbered_frame(1) * 5, 8000)))  # 100 ms
+        conn.feed(Mark("after-100ms"))
+        await trio.sleep(0.05)
+        assert conn.marks() == []  # not played yet
+        await trio.sleep(0.1)
+        assert conn.marks() == ["after-100ms"]
+        conn.feed(Audio(Frame(numbered_frame(2) * 50, 8000)))  # 1 s
+        conn.feed(Mark("late"))
+        await trio.sleep(0.1)
+        conn.feed(Clear())
+        await trio.sleep(0.05)
+        assert conn.marks() == ["after-100ms", "late"]  # returned by the clear
+        before = len([p for _, p in call.sent if frame_number(p) == 2])
+        await trio.sleep(0.2)
+        after = len([p for _, p in call.sent if frame_number(p) == 2])
+        assert after == before  # the cleared audio is not played
+        conn.feed(Dtmf("5"))
+        await trio.sleep(0.05)
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    assert any(isinstance(e, Dtmf) for e in call.events_sent)
+
+
+async def test_start_carries_call_metadata_and_rate(clock: trio.testing.MockClock) -> None:
+    call = FakeCallLeg()
+    conn = FakeAppConnection()
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(
+            nursery, call, ScriptedConnector([conn]), app_sample_rate=16000
+        )
+        nursery.start_soon(feed_caller, call, 10)
+        await trio.sleep(0.5)
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    start = conn.starts()[0]
+    assert isinstance(start, Start)
+    assert (start.stream_id, start.call_id, start.sample_rate) == ("s-1", "call-1", 16000)
+    assert start.metadata["fake"] is True
+    # 8 kHz caller audio resampled to the route's 16 kHz: 640-byte frames.
+    assert {len(p) for p in conn.audio()} == {640}
