@@ -85,6 +85,16 @@ class CallLeg(Protocol):
         """Mark/Clear/Dtmf/... toward the caller; False when the wire cannot say it."""
         ...
 
+    def poll(self, sink: StreamSink, now_s: float) -> None:
+        """Called on every tick of the stream's clock, just before ``send_audio``.
+
+        Legs whose input must be clocked out (RTP: one frame from the jitter buffer per
+        tick) deliver it here with ``sink.on_call_event``; the others do nothing. This
+        keeps RTP's both directions on the one process-wide ticker, with no task of its
+        own per frame.
+        """
+        ...
+
     async def serve_reader(self, sink: StreamSink) -> str:
         """Read until the call ends; return the hangup reason (normally ``call_hangup``)."""
         ...

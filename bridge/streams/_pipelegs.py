@@ -85,6 +85,9 @@ class PipeCallLeg:
             return False
         return bool(messages)
 
+    def poll(self, sink: StreamSink, now_s: float) -> None:
+        pass  # input is event-driven: the reader forwards each message as it arrives
+
     async def serve_reader(self, sink: StreamSink) -> str:
         for event in self.pending:
             sink.on_call_event(event)

@@ -566,6 +566,7 @@ class Stream:
         call = self.call
         app_up = self._app is not None
         for _ in range(n):
+            call.poll(self, now_s)
             pcm, marks = playout.pop()
             if pcm is None:
                 if not app_up and self._hold:

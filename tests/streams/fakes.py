@@ -26,6 +26,7 @@ class FakeCallLeg:
     sent: list[tuple[float, bytes]] = attrs.field(factory=list)
     events_sent: list[Event] = attrs.field(factory=list)
     closed_reason: str | None = None
+    polls: int = 0
     _send: trio.MemorySendChannel[Event] = attrs.field(init=False)
     _recv: trio.MemoryReceiveChannel[Event] = attrs.field(init=False)
 
@@ -58,6 +59,9 @@ class FakeCallLeg:
     def send_event(self, event: Event) -> bool:
         self.events_sent.append(event)
         return self.far_side_buffers
+
+    def poll(self, sink: StreamSink, now_s: float) -> None:
+        self.polls += 1
 
     async def serve_reader(self, sink: StreamSink) -> str:
         async for event in self._recv:
