@@ -16,6 +16,7 @@ records, metrics), so the lower layers never import the daemon.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 import uuid
@@ -113,6 +114,7 @@ class Daemon:
                     "bridge ready",
                     extra={
                         "listeners": {k: f"{h}:{p}" for k, (h, p) in self.bound.items()},
+                        "pid": os.getpid(),
                         "startup_s": round(time.monotonic() - self.started_monotonic, 3),
                     },
                 )
