@@ -1,1 +1,35 @@
-"""bridge.transports"""
+"""bridge.transports: Trio I/O that moves bytes and messages (and knows nothing of audio).
+
+* WebSocket client and server on the ``websockets`` sans-IO protocol objects:
+  :func:`open_websocket_client`, :func:`serve_websocket`, :class:`WebSocketConnection`,
+  :class:`WebSocketRequest`.
+* TCP: :func:`open_tcp_listener(s) <open_tcp_listeners>` with ``SO_REUSEPORT``,
+  :func:`set_nodelay`, :func:`serve_tcp`.
+* UDP: :func:`open_udp_socket`, :class:`UdpPortPool` for RTP ports.
+
+Errors are the ``TransportError`` family from :mod:`bridge._errors`.
+"""
+
+from ._tcp import open_tcp_listener, open_tcp_listeners, serve_tcp, set_nodelay
+from ._udp import UdpPortPool, open_udp_socket
+from ._websocket import (
+    HeadersLike,
+    WebSocketConnection,
+    WebSocketRequest,
+    open_websocket_client,
+    serve_websocket,
+)
+
+__all__ = [
+    "HeadersLike",
+    "UdpPortPool",
+    "WebSocketConnection",
+    "WebSocketRequest",
+    "open_tcp_listener",
+    "open_tcp_listeners",
+    "open_udp_socket",
+    "open_websocket_client",
+    "serve_tcp",
+    "serve_websocket",
+    "set_nodelay",
+]
