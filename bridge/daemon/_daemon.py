@@ -39,6 +39,7 @@ from ..streams import (
     StreamState,
     Ticker,
 )
+from ..streams._wsapp import WsAppConnector
 from ._admin import create_admin_app, serve_admin
 from ._config import AppConfig, Config, RouteConfig, StreamConfig, load_config, match_route
 from ._events import StreamEvent, StreamRecord
@@ -459,6 +460,29 @@ _LISTENER_HOOKS: list[Callable[[Daemon, trio.Nursery], Any]] = []
 
 #: App connector factories by ``app.mode``: fn(daemon, route, stream_config, stream_id).
 _CONNECTOR_FACTORIES: dict[str, Callable[[Daemon, RouteConfig, StreamConfig, str], AppConnector]] = {}
+
+
+def _dial_out(daemon: Daemon, route: RouteConfig, scfg: StreamConfig, stream_id: str) -> AppConnector:
+    app = route.app
+    return WsAppConnector(
+        app_url=app.url,
+        encapsulation=app.encapsulation,
+        sample_rate=app.sample_rate,
+        codec=app.codec,
+        route=route.name,
+        headers=dict(app.headers),
+        ca_file=app.ca_file,
+        ptime_ms=round(scfg.ptime_s * 1000),
+        connect_timeout_s=scfg.connect_timeout_s,
+        send_timeout_s=scfg.send_timeout_s,
+        ping_interval_s=scfg.ping_interval_s,
+        ping_timeout_s=scfg.ping_timeout_s,
+        close_timeout_s=scfg.close_timeout_s,
+        max_message_bytes=scfg.max_message_bytes,
+    )
+
+
+_CONNECTOR_FACTORIES["connect"] = _dial_out
 
 
 async def _main(config: Config, config_path: str | None) -> int:

@@ -5,7 +5,7 @@ from ._legs import AppConnection, AppConnector, CallLeg, Pipe, StreamSink
 from ._manager import StreamManager
 from ._pipelegs import Dialect, PipeAppConnection, PipeCallLeg
 from ._stream import Stream, StreamObserver, StreamSettings, StreamState
-from ._ticker import TickClient, TickHandle, Ticker
+from ._ticker import TickClient, Ticker, TickHandle
 from ._uplink import UplinkBuffer
 
 __all__ = [

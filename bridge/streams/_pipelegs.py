@@ -121,8 +121,8 @@ class PipeAppConnection:
     dialect: Dialect
     pipe: Pipe
     sample_rate: int
-    #: Called with (event name) the first time the app sends something unknown.
-    on_unknown: Callable[[str], None] | None = None
+    #: The connection failed (as opposed to ending normally): close with 1011.
+    failed: bool = False
 
     @property
     def backlog_bytes(self) -> int:
@@ -152,10 +152,18 @@ class PipeAppConnection:
             # is an outage the supervisor rides through.
             if exc.code == 1000:
                 return
+            self.failed = True
+            raise
+        except Exception:  # not Cancelled: a stream that ends cancels this reader
+            self.failed = True
             raise
 
     async def serve_writer(self, on_drained: Callable[[], None]) -> None:
-        await self.pipe.serve_writer(on_drained)
+        try:
+            await self.pipe.serve_writer(on_drained)
+        except Exception:  # not Cancelled: a stream that ends cancels this reader
+            self.failed = True
+            raise
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         await self.pipe.aclose(code, reason)

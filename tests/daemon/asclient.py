@@ -27,10 +27,15 @@ class AudioSocketCaller:
             await stream.send_all(message)
         return caller
 
-    async def send_frame(self, pcm: bytes) -> None:
+    async def send_frame(self, pcm: bytes) -> bool:
+        """Send one frame; False once the connection is gone (bridge hung up)."""
         msg = self.dialect.send_audio(pcm)
         assert isinstance(msg, bytes)
-        await self.stream.send_all(msg)
+        try:
+            await self.stream.send_all(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
 
     async def receive_forever(self) -> None:
         """Record every audio frame with its arrival time until the server hangs up/EOF."""

@@ -1,0 +1,534 @@
+"""The RTP call leg: one UDP port, one RTP session, a jitter buffer, latching.
+
+RTP has no connection and no start or stop message (PROTOCOLS.md §7): the stream is
+opened out of band (``POST /v1/streams``) and ends when the media stops
+(``rtp_timeout``), when the API deletes it, or when the app hangs up.
+
+Receive path (the reader task, one per stream)::
+
+    wait_readable -> recvfrom (a batch, non-blocking) -> latching -> RtpSession.receive
+        -> Audio: JitterBuffer.push          (clocked out by poll(), one frame a tick)
+        -> Dtmf:  sink.on_call_event(Dtmf)   (at once: RFC 4733 reports it at its end)
+
+Send path (the shared ticker, no task): ``poll`` pops one frame from the jitter buffer
+for the app, then the Stream calls ``send_audio`` with the frame for the caller, which
+goes out with a synchronous non-blocking ``sendto`` on the stdlib socket (a Trio
+``send`` costs two checkpoints, PERFORMANCE.md). A full send buffer (EAGAIN) drops the
+packet and counts it: RTP is real-time, a late packet is worth nothing (RFC 3550 §2.1).
+
+Latching (symmetric RTP, RFC 4961; the source-learning rule of Asterisk's strict RTP):
+
+* Until a source is latched, a source (address) is accepted only after
+  ``latch_packets`` sequential packets: same SSRC, each sequence number one more than the
+  previous one (RFC 3550 A.1's probation). The packets of the probation are held and
+  played when it succeeds, so latching costs no audio, only ``latch_packets - 1``
+  packets of delay at the very start.
+* Once latched, packets from any other address are dropped (``foreign``). A new SSRC
+  from the latched address is accepted at once: that is the same peer after a
+  re-INVITE, transfer or bridge change (the jitter buffer resets on it).
+* Re-latch, cautiously: a new address takes over only after ``latch_packets``
+  sequential packets from it **and** after the latched source has been silent for at
+  least ``relatch_silence_s`` (``RELATCH_SILENCE_S``, 1 s). A NAT rebinding or a moved
+  media server gets the call back after a second; a stranger spraying packets at the
+  port while the real peer talks never takes the call over. The jitter buffer resets
+  when the new source has a new SSRC.
+
+Destination: the ``remote`` given when the stream was opened, if any (the peer said
+where it listens, e.g. Asterisk ExternalMedia); otherwise the latched source (symmetric
+RTP / "comedia"). Before either is known, outgoing frames are dropped and counted.
+
+Bad input: a datagram that is not RTP (``DialectError`` from the session) is counted,
+logged once per stream and ignored. A hostile peer never ends the stream by sending
+garbage; only the absence of accepted media for ``timeout_s`` does (``call_hangup``).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import socket as stdlib_socket
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+import trio
+
+from .._errors import DialectError
+from ..dialects import Audio, Dtmf, Event
+from ..dialects._rtp import RtpSession
+from ..media import Frame, JitterBuffer
+from ._legs import StreamSink
+
+__all__ = ["RELATCH_SILENCE_S", "RtpCallLeg", "format_address"]
+
+logger = logging.getLogger("bridge.streams.rtp")
+
+#: How long the latched source must have been silent before another may take over
+#: (long enough to ride out a burst of loss, short enough that a NAT rebinding or a
+#: moved media server gets the call back before anyone hangs up).
+RELATCH_SILENCE_S: Final = 1.0
+#: Receive buffer per datagram: L16 at 48 kHz, 60 ms is 5,760 bytes plus the header.
+MAX_DATAGRAM: Final = 8192
+#: Datagrams read per wake-up before yielding (a flood must not starve other tasks).
+READ_BATCH: Final = 64
+
+# seq (bytes 2-3) and SSRC (bytes 8-11) of the fixed header (RFC 3550 §5.1).
+_PEEK: Final = struct.Struct("!2xH4xI")
+
+Address = tuple[Any, ...]
+
+
+def format_address(addr: Address | None) -> str | None:
+    """``ip:port`` (``[v6]:port``) of a socket address, or None."""
+    if addr is None:
+        return None
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _stdlib_view(sock: trio.socket.SocketType) -> stdlib_socket.socket:
+    """A stdlib socket object on the same file descriptor (not a dup): the synchronous
+    ``sendto``/``recvfrom`` of the per-packet paths. Detach it before the fd is closed."""
+    view = stdlib_socket.socket(fileno=sock.fileno())
+    view.setblocking(False)
+    return view
+
+
+@attrs.define(slots=True, eq=False)
+class RtpCallLeg:
+    """A ``CallLeg`` on a bound UDP socket speaking RTP with RFC 4733 DTMF.
+
+    ``sock`` is bound (``UdpPortPool.allocate``); the leg owns it from now on.
+    ``on_release`` is called once by ``aclose`` after the leg has let go of the socket:
+    it closes the socket and frees the port (``lambda: pool.release(port)``); without it
+    the leg closes the socket itself. ``on_bad_input`` is called for every datagram
+    that is not RTP (the daemon's metric). ``tick_ms`` is the stream's ptime (the size
+    of the frames ``poll`` delivers and ``send_audio`` gets); packets on the wire carry
+    ``session.ptime_ms`` each, and any packet size is accepted on receive.
+    """
+
+    sock: trio.socket.SocketType
+    session: RtpSession
+    _call_id: str
+    remote: Address | None = None
+    latch_packets: int = 4
+    timeout_s: float = 10.0
+    jitter_start_ms: int = 60
+    jitter_max_ms: int = 200
+    tick_ms: int | None = None
+    relatch_silence_s: float = RELATCH_SILENCE_S
+    on_release: Callable[[], None] | None = None
+    on_bad_input: Callable[[], None] | None = None
+    stream_id: str = ""
+
+    kind: str = attrs.field(default="rtp", init=False)
+    #: Raw RTP has no playout queue at the far end: the Stream paces to the wire.
+    far_side_buffers: bool = attrs.field(default=False, init=False)
+
+    # -- counters (plain ints; the record picks them up through jitter_counters) --------
+    malformed: int = attrs.field(default=0, init=False)
+    """Datagrams that were not valid RTP (ignored)."""
+    foreign: int = attrs.field(default=0, init=False)
+    """Valid RTP from an address other than the latched one, dropped."""
+    latches: int = attrs.field(default=0, init=False)
+    """Times a source was latched (1 normally; more after re-latching)."""
+    ssrc_changes: int = attrs.field(default=0, init=False)
+    packets_received: int = attrs.field(default=0, init=False)
+    """Datagrams accepted from the latched source (audio, DTMF, RTCP, others)."""
+    packets_sent: int = attrs.field(default=0, init=False)
+    send_no_destination: int = attrs.field(default=0, init=False)
+    """Packets dropped because no remote was given and nothing was latched yet."""
+    send_dropped: int = attrs.field(default=0, init=False)
+    """Packets dropped because the kernel's send buffer was full (EAGAIN)."""
+    send_errors: int = attrs.field(default=0, init=False)
+    dtmf_received: int = attrs.field(default=0, init=False)
+    dtmf_sent: int = attrs.field(default=0, init=False)
+
+    # -- internals -------------------------------------------------------------------------
+    _sys: stdlib_socket.socket | None = attrs.field(default=None, init=False)
+    _jb: JitterBuffer = attrs.field(init=False)
+    _rate: int = attrs.field(init=False)
+    _local: Address = attrs.field(init=False)
+    _dest: Address | None = attrs.field(default=None, init=False)
+    _src: Address | None = attrs.field(default=None, init=False)
+    _src_ssrc: int = attrs.field(default=-1, init=False)
+    _last_media: float = attrs.field(default=0.0, init=False)
+    # The source on probation: address, SSRC, last sequence number, how many in a row.
+    _cand: Address | None = attrs.field(default=None, init=False)
+    _cand_ssrc: int = attrs.field(default=-1, init=False)
+    _cand_seq: int = attrs.field(default=-1, init=False)
+    _cand_count: int = attrs.field(default=0, init=False)
+    _held: list[bytes] = attrs.field(factory=list, init=False)
+    # Outgoing: bytes of PCM16 per wire packet, a partial packet when tick != ptime.
+    _wire_bytes: int = attrs.field(init=False)
+    _pending: bytearray = attrs.field(factory=bytearray, init=False)
+    # RFC 4733 trains waiting to go out, and the position in the first one.
+    _trains: collections.deque[list[bytes]] = attrs.field(factory=collections.deque, init=False)
+    _train_pos: int = attrs.field(default=0, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _released: bool = attrs.field(default=False, init=False)
+    _logged: set[str] = attrs.field(factory=set, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.latch_packets < 1:
+            raise ValueError(f"latch_packets must be at least 1, not {self.latch_packets}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, not {self.timeout_s}")
+        session = self.session
+        self._rate = session.sample_rate
+        tick = self.tick_ms or session.ptime_ms
+        self.tick_ms = tick
+        self._jb = JitterBuffer(
+            sample_rate=self._rate,
+            ptime_ms=tick,
+            start_ms=self.jitter_start_ms,
+            max_depth_ms=self.jitter_max_ms,
+        )
+        self._wire_bytes = 2 * (self._rate * session.ptime_ms // 1000)
+        self._sys = _stdlib_view(self.sock)
+        self._local = self._sys.getsockname()
+        self._dest = self.remote
+
+    # ==================================================================================
+    # CallLeg: identity
+    # ==================================================================================
+
+    @property
+    def sample_rate(self) -> int:
+        return self._rate
+
+    @property
+    def call_id(self) -> str:
+        return self._call_id
+
+    @property
+    def local_address(self) -> Address:
+        return self._local
+
+    @property
+    def latched(self) -> Address | None:
+        """The source address media is accepted from (None until latched)."""
+        return self._src
+
+    @property
+    def destination(self) -> Address | None:
+        """Where packets go: ``remote`` if given, else the latched source."""
+        return self._dest
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def jitter_buffer(self) -> JitterBuffer:
+        return self._jb
+
+    def metadata(self) -> dict[str, Any]:
+        s = self.session
+        return {
+            "call_leg": self.kind,
+            "codec": s.codec,
+            "sample_rate": s.sample_rate,
+            "ptime": s.ptime_ms,
+            "payload_type": s.payload_type,
+            "local": format_address(self._local),
+            "remote": format_address(self._dest),
+        }
+
+    def jitter_counters(self) -> dict[str, int]:
+        """The jitter buffer's counters plus this leg's ``rtp_*`` ones (for the record)."""
+        out = attrs.asdict(self._jb.stats)
+        out.update(
+            rtp_malformed=self.malformed,
+            rtp_foreign=self.foreign,
+            rtp_latches=self.latches,
+            rtp_ssrc_changes=self.ssrc_changes,
+            rtp_packets_received=self.packets_received,
+            rtp_packets_sent=self.packets_sent,
+            rtp_send_no_destination=self.send_no_destination,
+            rtp_send_dropped=self.send_dropped,
+            rtp_send_errors=self.send_errors,
+            rtp_dtmf_received=self.dtmf_received,
+            rtp_dtmf_sent=self.dtmf_sent,
+            rtp_rtcp=self.session.rtcp_packets,
+            rtp_unknown_payload_types=self.session.unknown_payload_types,
+        )
+        return out
+
+    # ==================================================================================
+    # receive
+    # ==================================================================================
+
+    def poll(self, sink: StreamSink, now_s: float) -> None:
+        """One frame out of the jitter buffer per tick.
+
+        When the buffer has nothing (before the start threshold, or idle after an
+        underrun it could no longer conceal) nothing is delivered: the app gets no audio
+        for that slot rather than invented silence, exactly like a caller on AudioSocket
+        who sends nothing. Concealment of short gaps is the jitter buffer's job.
+        """
+        pcm = self._jb.pop()
+        if pcm is not None:
+            sink.on_call_event(Audio(Frame(pcm, self._rate)))
+
+    async def serve_reader(self, sink: StreamSink) -> str:
+        """Read until no media has been accepted for ``timeout_s``: ``call_hangup``.
+
+        The timeout is one cancel scope per period, not a timer per packet: each
+        accepted packet only moves ``_last_media``; when the scope fires, the loop
+        re-enters with the new deadline unless the media really stopped.
+        """
+        timeout = self.timeout_s
+        self._last_media = trio.current_time()
+        while True:
+            with trio.move_on_at(self._last_media + timeout):
+                await self._read_forever(sink)
+            if trio.current_time() >= self._last_media + timeout:
+                logger.info(
+                    "no RTP for %gs: the call is over",
+                    timeout,
+                    extra={"stream_id": self.stream_id, "call_id": self._call_id},
+                )
+                return "call_hangup"
+
+    async def _read_forever(self, sink: StreamSink) -> None:
+        sock = self._sys
+        assert sock is not None
+        recvfrom = sock.recvfrom
+        wait_readable = trio.lowlevel.wait_readable
+        on_datagram = self._on_datagram
+        while True:
+            # Wait first, then drain: no failed speculative recv per packet (PERFORMANCE.md).
+            await wait_readable(sock)
+            now = trio.current_time()
+            for _ in range(READ_BATCH):
+                try:
+                    data, addr = recvfrom(MAX_DATAGRAM)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    # E.g. ECONNREFUSED from an ICMP error for an earlier send: it is
+                    # reported once, the socket stays usable.
+                    self._log_once("recv", "RTP receive error ignored: %s", exc)
+                    break
+                on_datagram(data, addr, now, sink)
+
+    def _on_datagram(self, data: bytes, addr: Address, now: float, sink: StreamSink) -> None:
+        if len(data) >= 12 and data[0] >> 6 == 2 and not 192 <= data[1] <= 223:
+            seq, ssrc = _PEEK.unpack_from(data)
+            if addr == self._src:
+                if ssrc != self._src_ssrc:
+                    # Same address, new SSRC: the same peer re-originating its stream
+                    # (RFC 3550 §8.2); the jitter buffer resets on the SSRC change.
+                    self._src_ssrc = ssrc
+                    self.ssrc_changes += 1
+                self._last_media = now
+                self.packets_received += 1
+                self._decode(data, sink)
+                return
+            self._probation(data, addr, seq, ssrc, now, sink)
+            return
+        # RTCP (RFC 5761 multiplexing) or not RTP at all: the session counts the first
+        # and raises DialectError for the second. Neither counts as media.
+        self._decode(data, sink)
+
+    def _probation(
+        self, data: bytes, addr: Address, seq: int, ssrc: int, now: float, sink: StreamSink
+    ) -> None:
+        """A packet from an address that is not the latched one (RFC 4961 latching)."""
+        if self._src is not None:
+            self.foreign += 1
+        if addr == self._cand and ssrc == self._cand_ssrc and seq == (self._cand_seq + 1) & 0xFFFF:
+            self._cand_count += 1
+        else:
+            # A new candidate, or the old one broke its sequence: probation restarts.
+            self._cand = addr
+            self._cand_ssrc = ssrc
+            self._cand_count = 1
+            self._held.clear()
+        self._cand_seq = seq
+        held = self._held
+        held.append(data)
+        if len(held) > self.latch_packets:
+            del held[0]
+        if self._cand_count < self.latch_packets:
+            return
+        if self._src is not None and now - self._last_media < self.relatch_silence_s:
+            # The latched source is alive: a second sender does not take the call over.
+            self._log_once(
+                "foreign",
+                "RTP from %s ignored: latched to %s",
+                format_address(addr),
+                format_address(self._src),
+            )
+            return
+        self._latch(addr, ssrc, now)
+        packets, self._held = held, []
+        for packet in packets:
+            self.packets_received += 1
+            self._decode(packet, sink)
+
+    def _latch(self, addr: Address, ssrc: int, now: float) -> None:
+        previous = self._src
+        self._src = addr
+        self._src_ssrc = ssrc
+        self._last_media = now
+        self.latches += 1
+        self._cand = None
+        self._cand_count = 0
+        if self.remote is None:
+            self._dest = addr  # symmetric RTP: answer where the media comes from
+        what = f"re-latched from {format_address(previous)} to" if previous else "latched to"
+        logger.info(
+            "RTP %s %s (ssrc %08x)",
+            what,
+            format_address(addr),
+            ssrc,
+            extra={"stream_id": self.stream_id, "call_id": self._call_id},
+        )
+
+    def _decode(self, data: bytes, sink: StreamSink) -> None:
+        session = self.session
+        try:
+            events = session.receive(data)
+        except DialectError as exc:
+            self.malformed += 1
+            if self.on_bad_input is not None:
+                self.on_bad_input()
+            self._log_once(
+                "malformed", "malformed RTP ignored (further ones are only counted): %s", exc
+            )
+            return
+        for event in events:
+            if type(event) is Audio:
+                assert event.seq is not None and event.timestamp is not None
+                ssrc = session.last_ssrc
+                assert ssrc is not None
+                self._jb.push(event.seq, event.timestamp, ssrc, event.frame.pcm)
+            elif type(event) is Dtmf:
+                # RFC 4733 reports a digit when it ends; hand it over at once rather than
+                # through the jitter buffer: it is an event, not a frame of audio.
+                self.dtmf_received += 1
+                sink.on_call_event(event)
+
+    # ==================================================================================
+    # send
+    # ==================================================================================
+
+    def send_audio(self, pcm: bytes) -> None:
+        """One tick's frame toward the caller (or the next RFC 4733 packet instead)."""
+        if self._closed:
+            return
+        wire = self._wire_bytes
+        if len(pcm) == wire and not self._pending:
+            self._send_slot(pcm)
+            return
+        # The stream's tick and the wire's ptime differ: repacketise to the wire's ptime.
+        pending = self._pending
+        pending += pcm
+        while len(pending) >= wire:
+            chunk = bytes(pending[:wire])
+            del pending[:wire]
+            self._send_slot(chunk)
+
+    def _send_slot(self, pcm: bytes) -> None:
+        """One packet time on the wire: audio, or the DTMF train's packet for it.
+
+        RtpSession.send documents the pacing of a train of ``m`` updates and 3 ends:
+        update ``k`` goes at slot ``k`` instead of audio; at slot ``m`` the three end
+        packets go together, followed by this slot's audio, whose timestamp the session
+        has already moved past the event (RFC 4733 §2.5.1.4, §2.5.2.2).
+        """
+        trains = self._trains
+        while trains:
+            train = trains[0]
+            pos = self._train_pos
+            if len(train) - pos > 3:
+                self._sendto(train[pos])
+                self._train_pos = pos + 1
+                return
+            for packet in train[pos:]:
+                self._sendto(packet)
+            trains.popleft()
+            self._train_pos = 0
+            # A queued next digit starts in this slot: its timestamp is this slot's.
+        self._sendto(self.session.send_audio(pcm))
+
+    def _sendto(self, packet: bytes) -> None:
+        dest = self._dest
+        if dest is None:
+            self.send_no_destination += 1
+            return
+        sock = self._sys
+        if sock is None:
+            return
+        try:
+            sock.sendto(packet, dest)
+        except BlockingIOError:
+            self.send_dropped += 1  # never wait on the per-frame path: drop and count
+            return
+        except OSError as exc:
+            # ICMP errors surfacing (ECONNREFUSED), no route: RTP carries on regardless.
+            self.send_errors += 1
+            if exc.errno not in (errno.ECONNREFUSED,):
+                self._log_once("send", "RTP send to %s failed: %s", format_address(dest), exc)
+            return
+        self.packets_sent += 1
+
+    def send_event(self, event: Event) -> bool:
+        """DTMF goes out as an RFC 4733 train paced by ``send_audio``; nothing else can be
+        said on raw RTP (marks and clears are the Stream's own business)."""
+        if type(event) is not Dtmf or self._closed:
+            return False
+        try:
+            train = self.session.send(event)
+        except ValueError:
+            return False
+        if not train:
+            return False  # telephone-event disabled on this session
+        self._trains.append([p for p in train if isinstance(p, bytes)])
+        self.dtmf_sent += 1
+        return True
+
+    async def serve_writer(self) -> None:
+        # Nothing is ever queued: a packet the kernel cannot take now is dropped.
+        await trio.sleep_forever()
+
+    # ==================================================================================
+    # close
+    # ==================================================================================
+
+    async def aclose(self, reason: str = "") -> None:
+        """Let go of the socket and give the port back. Idempotent, never blocks.
+
+        RTP has no hangup of its own (the signalling that opened the stream ends the
+        call; RTCP BYE is not sent because bridge does not run RTCP).
+        """
+        self.close_now()
+        await trio.lowlevel.checkpoint()
+
+    def close_now(self) -> None:
+        """Synchronous ``aclose`` (the daemon uses it when the pool shuts down)."""
+        self._closed = True
+        self._trains.clear()
+        if self._released:
+            return
+        self._released = True
+        view, self._sys = self._sys, None
+        if view is not None:
+            view.detach()  # the fd belongs to the Trio socket; its close closes it
+        if self.on_release is not None:
+            self.on_release()
+        else:
+            self.sock.close()
+
+    # ==================================================================================
+
+    def _log_once(self, key: str, msg: str, *args: object) -> bool:
+        if key in self._logged:
+            return False
+        self._logged.add(key)
+        logger.warning(msg, *args, extra={"stream_id": self.stream_id, "call_id": self._call_id})
+        return True
