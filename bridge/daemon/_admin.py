@@ -74,7 +74,7 @@ class AdminBackend(Protocol):
     async def list_streams(
         self, *, state: str | None, since: datetime | None, limit: int
     ) -> list[dict[str, Any]]:
-        """Streams by ``state`` ("live", "ended", None = both), started at or after ``since``
+        """Streams by ``state`` ("live", "ended", None = both); ended ones that ended at or after ``since``
         (aware UTC), at most ``limit``."""
         ...
 

@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     # The emulator/load generator and the standalone echo server live in their own
     # modules; a missing optional module must never break run/check-config.
     try:
-        from ..tools._callcli import add_call_parser
-        from ..tools._echoserver import add_echo_server_parser
+        from ._call import add_call_parser
+        from ._echoserver import add_echo_server_parser
     except ImportError:  # pragma: no cover - during development only
         pass
     else:

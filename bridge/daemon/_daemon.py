@@ -75,6 +75,11 @@ class Daemon:
     rtp_opener: Callable[[dict[str, Any]], Any] | None = None
     _hold_cache: dict[str, tuple[bytes, int]] = attrs.field(factory=dict)
     _routes_by_stream: dict[str, RouteConfig] = attrs.field(factory=dict)
+    #: Carrier streams by (route, carrier call id, carrier stream id), for re-dial resume.
+    resumable: dict[tuple[str, str, str], Stream] = attrs.field(factory=dict)
+    resumable_keys: dict[str, tuple[str, str, str]] = attrs.field(factory=dict)
+    #: Accept-mode streams waiting for their app to dial in, by stream id.
+    accept_slots: dict[str, Any] = attrs.field(factory=dict)
     _cancel: trio.CancelScope | None = None
     _sampled: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     started_monotonic: float = attrs.field(factory=time.monotonic)
@@ -136,6 +141,14 @@ class Daemon:
             self.bound["audiosocket"] = await nursery.start(
                 serve_audiosocket, self, cfg.audiosocket
             )
+        if cfg.websocket.listen_addr is not None:
+            from ._carrier import serve_carrier_websocket
+
+            self.bound["websocket"] = await nursery.start(
+                serve_carrier_websocket, self, cfg.websocket
+            )
+        if cfg.rtp.ports:
+            from . import _rtp  # noqa: F401  (registers the RTP port-pool hook)
         for hook in _LISTENER_HOOKS:
             await hook(self, nursery)
 
@@ -254,6 +267,7 @@ class Daemon:
             degraded_at=tuple(scfg.degraded_at),
             timeout_s=scfg.timeout_s,
             send_ahead_frames=scfg.send_ahead,
+            reconnect_window_s=scfg.reconnect_window_s,
             hold_pcm=hold_pcm,
             hold_sample_rate=hold_rate,
         )
@@ -366,6 +380,9 @@ class Daemon:
 
     def stream_closed(self, stream: Stream) -> None:
         route = self._routes_by_stream.pop(stream.stream_id, None)
+        key = self.resumable_keys.pop(stream.stream_id, None)
+        if key is not None:
+            self.resumable.pop(key, None)
         reason = stream.reason or "shutdown"
         self.metrics.stream_ended(stream.route, reason)
         self.metrics.uplink_buffer_fill.observe(stream.max_buffer_percent / 100.0)
@@ -482,7 +499,14 @@ def _dial_out(daemon: Daemon, route: RouteConfig, scfg: StreamConfig, stream_id:
     )
 
 
+def _accept(daemon: Daemon, route: RouteConfig, scfg: StreamConfig, stream_id: str) -> AppConnector:
+    from ._carrier import accept_connector
+
+    return accept_connector(daemon, route, scfg, stream_id)
+
+
 _CONNECTOR_FACTORIES["connect"] = _dial_out
+_CONNECTOR_FACTORIES["accept"] = _accept
 
 
 async def _main(config: Config, config_path: str | None) -> int:

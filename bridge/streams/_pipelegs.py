@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
+import trio
 
 from .._errors import ConnectionClosed, TransportError
 from ..dialects import Event, Hangup, Message, Start, Stop
@@ -47,6 +48,12 @@ class PipeCallLeg:
     far_side_buffers: bool = False
     #: Send the dialect's hangup message before closing (AudioSocket ``00 00 00``).
     hangup_on_close: bool = True
+    #: A dropped connection may be replaced within the route's reconnect window
+    #: (carrier WebSockets; an AudioSocket EOF is the hangup itself).
+    resumable: bool = False
+    #: Set once the stream is done with this leg (closed or replaced): whoever accepted
+    #: the connection holds it open until then.
+    released: trio.Event = attrs.field(factory=trio.Event)
     _closed: bool = False
 
     @property
@@ -111,7 +118,10 @@ class PipeCallLeg:
             # The app side ends the call: say so the way the protocol expects.
             self.send_event(Hangup())
         self._closed = True
-        await self.pipe.aclose(1000, reason)
+        try:
+            await self.pipe.aclose(1000, reason)
+        finally:
+            self.released.set()
 
 
 @attrs.define(slots=True, eq=False)

@@ -88,28 +88,36 @@ def format_address(addr: Address | None) -> str | None:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def _stdlib_view(sock: trio.socket.SocketType) -> stdlib_socket.socket:
-    """A stdlib socket object on the same file descriptor (not a dup): the synchronous
-    ``sendto``/``recvfrom`` of the per-packet paths. Detach it before the fd is closed."""
-    view = stdlib_socket.socket(fileno=sock.fileno())
-    view.setblocking(False)
-    return view
+def _take_socket(sock: trio.socket.SocketType | stdlib_socket.socket) -> stdlib_socket.socket:
+    """The bound socket as a non-blocking stdlib socket that alone owns the descriptor.
+
+    A Trio socket is detached (it becomes an empty shell whose ``close`` does nothing;
+    ``UdpPortPool.release`` may still call it). The per-packet paths use the stdlib
+    object's synchronous ``sendto``/``recvfrom``: a Trio ``send`` costs two checkpoints
+    (PERFORMANCE.md), and one owner means no double close of a reused descriptor number.
+    """
+    if isinstance(sock, stdlib_socket.socket):
+        owned = sock
+    else:
+        owned = stdlib_socket.socket(fileno=sock.detach())
+    owned.setblocking(False)
+    return owned
 
 
-@attrs.define(slots=True, eq=False)
+@attrs.define(slots=True, eq=False, on_setattr=attrs.setters.NO_OP)
 class RtpCallLeg:
     """A ``CallLeg`` on a bound UDP socket speaking RTP with RFC 4733 DTMF.
 
-    ``sock`` is bound (``UdpPortPool.allocate``); the leg owns it from now on.
-    ``on_release`` is called once by ``aclose`` after the leg has let go of the socket:
-    it closes the socket and frees the port (``lambda: pool.release(port)``); without it
-    the leg closes the socket itself. ``on_bad_input`` is called for every datagram
-    that is not RTP (the daemon's metric). ``tick_ms`` is the stream's ptime (the size
-    of the frames ``poll`` delivers and ``send_audio`` gets); packets on the wire carry
-    ``session.ptime_ms`` each, and any packet size is accepted on receive.
+    ``sock`` is bound (``UdpPortPool.allocate``, or a stdlib socket); the leg takes it
+    over (a Trio socket is detached) and closes it in ``aclose``, then calls
+    ``on_release`` once (``lambda: pool.release(port)`` frees the port).
+    ``on_bad_input`` is called for every datagram that is not RTP (the daemon's
+    metric). ``tick_ms`` is the stream's ptime (the size of the frames ``poll`` delivers
+    and ``send_audio`` gets); packets on the wire carry ``session.ptime_ms`` each, and
+    any packet size is accepted on receive.
     """
 
-    sock: trio.socket.SocketType
+    sock: trio.socket.SocketType | stdlib_socket.socket
     session: RtpSession
     _call_id: str
     remote: Address | None = None
@@ -187,7 +195,7 @@ class RtpCallLeg:
             max_depth_ms=self.jitter_max_ms,
         )
         self._wire_bytes = 2 * (self._rate * session.ptime_ms // 1000)
-        self._sys = _stdlib_view(self.sock)
+        self._sys = _take_socket(self.sock)
         self._local = self._sys.getsockname()
         self._dest = self.remote
 
@@ -220,6 +228,11 @@ class RtpCallLeg:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def socket(self) -> stdlib_socket.socket | None:
+        """The leg's UDP socket until ``aclose`` (then None; the object is closed)."""
+        return self._sys
 
     @property
     def jitter_buffer(self) -> JitterBuffer:
@@ -283,8 +296,12 @@ class RtpCallLeg:
         timeout = self.timeout_s
         self._last_media = trio.current_time()
         while True:
-            with trio.move_on_at(self._last_media + timeout):
-                await self._read_forever(sink)
+            try:
+                with trio.move_on_at(self._last_media + timeout):
+                    await self._read_forever(sink)
+            except trio.ClosedResourceError:
+                # Closed under us (the daemon shutting the pool down): the call is gone.
+                return "call_hangup"
             if trio.current_time() >= self._last_media + timeout:
                 logger.info(
                     "no RTP for %gs: the call is over",
@@ -295,7 +312,9 @@ class RtpCallLeg:
 
     async def _read_forever(self, sink: StreamSink) -> None:
         sock = self._sys
-        assert sock is not None
+        if sock is None:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("the RTP leg is closed")
         recvfrom = sock.recvfrom
         wait_readable = trio.lowlevel.wait_readable
         on_datagram = self._on_datagram
@@ -516,13 +535,13 @@ class RtpCallLeg:
         if self._released:
             return
         self._released = True
-        view, self._sys = self._sys, None
-        if view is not None:
-            view.detach()  # the fd belongs to the Trio socket; its close closes it
+        sock, self._sys = self._sys, None
+        if sock is not None:
+            # Wake a reader still blocked on it (ClosedResourceError, it returns), then close.
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
         if self.on_release is not None:
             self.on_release()
-        else:
-            self.sock.close()
 
     # ==================================================================================
 

@@ -98,6 +98,8 @@ class StreamSettings:
     hold_pcm: bytes = b""
     hold_sample_rate: int = 8000
     max_catch_up_frames: int = 3
+    #: Carrier re-dial resume window for resumable call legs; 0 disables.
+    reconnect_window_s: float = 0.0
 
 
 class StreamObserver(Protocol):
@@ -180,6 +182,10 @@ class Stream:
     _call_rate: int = 0
     _logged_once: set[str] = attrs.field(factory=set)
     _t0: float = 0.0
+    _call_stopped: bool = False
+    _awaiting_call: bool = False
+    _call_resumed: trio.Event = attrs.field(factory=trio.Event)
+    call_resumes: int = 0
 
     def __attrs_post_init__(self) -> None:
         s = self.settings
@@ -300,8 +306,7 @@ class Stream:
                 self._cancel = nursery.cancel_scope
                 if self.reason is not None:  # ended before it started
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._serve_call_reader)
-                nursery.start_soon(self._serve_call_writer)
+                nursery.start_soon(self._serve_call)
                 nursery.start_soon(self._supervise)
                 nursery.start_soon(self._serve_timers)
                 self._tick = self.ticker.register(self, math.inf)
@@ -347,24 +352,81 @@ class Stream:
     # call leg
     # ==================================================================================
 
-    async def _serve_call_reader(self) -> None:
-        try:
-            reason = await self.call.serve_reader(self)
-        except DialectError as exc:
-            logger.warning(
-                "bad input on the call leg: %s", exc, extra={"stream_id": self.stream_id}
+    async def _serve_call(self) -> None:
+        """Run the call leg's reader and writer; when a resumable leg (a carrier
+        WebSocket) drops, wait up to ``reconnect_window_s`` for the carrier to dial again
+        (Mux's reconnect window, applied to the call leg): the app leg stays up and only
+        the gap is reported."""
+        while True:
+            leg = self.call
+            reason, error, dropped = await self._run_call_leg(leg)
+            window = self.settings.reconnect_window_s
+            if not (dropped and window > 0 and getattr(leg, "resumable", False)):
+                self.end(reason, error)
+                return
+            self._awaiting_call = True
+            self._call_resumed = trio.Event()
+            lost_at = trio.current_time()
+            self._note("call_lost", {"window_s": window, "error": error})
+            logger.info(
+                "call leg dropped; waiting %gs for the carrier to reconnect",
+                window,
+                extra={"stream_id": self.stream_id},
             )
-            self.end("call_hangup", f"call leg protocol error: {exc.message}")
-            return
-        except (ConnectionClosed, TransportError) as exc:
-            reason, self.error = "call_hangup", self.error or str(exc)
-        self.end(reason)
+            with trio.move_on_after(window):
+                await self._call_resumed.wait()
+            self._awaiting_call = False
+            if self.call is leg:  # nobody came back in time
+                self.end("call_hangup", f"call leg lost and not resumed within {window:g}s")
+                return
+            await leg.aclose("call_hangup")  # release the dead connection
+            gap_ms = round((trio.current_time() - lost_at) * 1000)
+            self.call_resumes += 1
+            self._note("call_resumed", {"gap_ms": gap_ms})
 
-    async def _serve_call_writer(self) -> None:
-        try:
-            await self.call.serve_writer()
-        except TransportError as exc:
-            self.end("call_hangup", f"call leg send failed: {exc}")
+    async def _run_call_leg(self, leg: CallLeg) -> tuple[str, str | None, bool]:
+        """(reason, error, dropped): ``dropped`` when the leg ended without saying so
+        (connection lost rather than a hangup message)."""
+        result: list[tuple[str, str | None, bool]] = []
+
+        async def reader(cancel: trio.CancelScope) -> None:
+            try:
+                reason = await leg.serve_reader(self)
+                result.append((reason, None, not self._call_stopped))
+            except DialectError as exc:
+                logger.warning(
+                    "bad input on the call leg: %s", exc, extra={"stream_id": self.stream_id}
+                )
+                result.append(("call_hangup", f"call leg protocol error: {exc.message}", False))
+            except (ConnectionClosed, TransportError) as exc:
+                result.append(("call_hangup", str(exc), True))
+            cancel.cancel()
+
+        async def writer(cancel: trio.CancelScope) -> None:
+            try:
+                await leg.serve_writer()
+            except TransportError as exc:
+                result.append(("call_hangup", f"call leg send failed: {exc}", True))
+                cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, nursery.cancel_scope)
+            nursery.start_soon(writer, nursery.cancel_scope)
+        return result[0] if result else ("call_hangup", None, False)
+
+    @property
+    def awaiting_call(self) -> bool:
+        """A resumable call leg dropped and the reconnect window is open."""
+        return self._awaiting_call
+
+    def resume_call(self, leg: CallLeg) -> bool:
+        """Attach a re-dialled carrier leg; False when the window is not open."""
+        if not self._awaiting_call:
+            return False
+        self.call = leg
+        self._awaiting_call = False
+        self._call_resumed.set()
+        return True
 
     def _set_call_rate(self, rate: int) -> None:
         self._call_rate = rate
@@ -414,6 +476,7 @@ class Stream:
         elif type(event) is Cleared:
             self._app_event(event)
         elif type(event) is Stop:
+            self._call_stopped = True
             self.end("call_hangup")
         else:
             self._log_once(f"call:{type(event).__name__}", "ignored call-leg event %s", event)

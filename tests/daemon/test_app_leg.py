@@ -3,6 +3,7 @@ in its own process): reconnect and replay, retries exhausted, normal close."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import struct
@@ -38,7 +39,7 @@ class AppServer:
         cmd = [sys.executable, str(HERE / "appserver.py"), str(self.port), *self.args]
         async with trio.open_nursery() as nursery:
             self.proc = await nursery.start(
-                lambda **kw: trio.run_process(cmd, stdout=subprocess.PIPE, check=False, **kw)
+                functools.partial(trio.run_process, cmd, stdout=subprocess.PIPE, check=False)
             )
             assert self.proc.stdout is not None
             buf = b""

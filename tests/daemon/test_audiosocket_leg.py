@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ async def test_echo_round_trip_paced_and_complete(daemon_factory: Any, tmp_path:
     echoed = [struct.unpack_from("<h", pcm)[0] - 1 for _, pcm in caller.received if any(pcm)]
     assert echoed == list(range(100))  # every frame back, once, in order, sample-exact
     times = [t for t, pcm in caller.received]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     gaps.sort()
     # Paced: the median gap is the ptime (arrival jitter on a loaded 2-core VM aside).
     assert abs(gaps[len(gaps) // 2] - 0.02) < 0.003

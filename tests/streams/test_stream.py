@@ -3,6 +3,7 @@ timeouts, replay. No sockets; the legs are in-memory fakes (tests/streams/fakes.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any
 
@@ -87,7 +88,7 @@ async def feed_caller(call: FakeCallLeg, frames: int, start: int = 0) -> None:
 async def test_echo_plays_every_frame_back_paced(clock: trio.testing.MockClock) -> None:
     call = FakeCallLeg()
     async with trio.open_nursery() as nursery:
-        stream, rec, ticker = await run_stream(nursery, call, EchoConnector(8000))
+        stream, rec, _ = await run_stream(nursery, call, EchoConnector(8000))
         await trio.sleep(0.001)
         await feed_caller(call, 100)
         await trio.sleep(0.2)
@@ -97,7 +98,7 @@ async def test_echo_plays_every_frame_back_paced(clock: trio.testing.MockClock) 
     numbers = [frame_number(pcm) for _, pcm in call.sent if any(pcm)]
     assert numbers == list(range(100))  # every frame back once, in order
     times = [t for t, _ in call.sent]
-    gaps = {round(b - a, 6) for a, b in zip(times, times[1:], strict=False)}
+    gaps = {round(b - a, 6) for a, b in itertools.pairwise(times)}
     assert gaps == {0.02}, gaps  # paced on an exact 20 ms grid
     assert stream.reason == "call_hangup"
     assert rec.names() == ["StartStream", "StopStream"]
@@ -118,7 +119,7 @@ async def test_grid_does_not_drift_in_one_simulated_hour(clock: trio.testing.Moc
     assert last - first == pytest.approx((n - 1) * 0.02, abs=1e-6)
     # A silent caller: the grid starts 0.1 s in, and has a slot every 20 ms up to and
     # including t = 3600 s. Not one frame more or less over the hour.
-    expected = int(round((3600.0 - (first - 0.0)) / 0.02)) + 1
+    expected = round((3600.0 - first) / 0.02) + 1
     assert n == expected
 
 
