@@ -183,6 +183,7 @@ class Stream:
     _logged_once: set[str] = attrs.field(factory=set)
     _t0: float = 0.0
     _call_stopped: bool = False
+    _last_sent_s: float = -math.inf
     _awaiting_call: bool = False
     _call_resumed: trio.Event = attrs.field(factory=trio.Event)
     call_resumes: int = 0
@@ -599,12 +600,16 @@ class Stream:
         if clock is None:
             self._start_grid(now + PHASE_MARGIN_S)
             return
-        # Keep the spacing to the last frame sent ≥ half a ptime, so the caller's
-        # side never sees two frames crammed together.
+        # Never put the next frame closer than half a ptime after the last one sent, so
+        # the caller's side never sees two frames crammed together (AudioSocket writes
+        # each message to the channel on arrival).
+        # One slot then gets a gap of up to 1.5 ptimes instead (audio arriving in the
+        # same tick as a send, an RTP poll answered at once, lands here).
         ptime = self.settings.ptime_ms / 1000.0
-        next_deadline = clock.next_deadline_s
         target = now + PHASE_MARGIN_S
-        if next_deadline - target > ptime / 2:
+        if target - self._last_sent_s < ptime / 2:
+            target += ptime
+        if abs(clock.next_deadline_s - target) > 0.001:
             clock.rephase(target)
             if self._tick is not None:
                 self._tick.reschedule(clock.next_deadline_s)
@@ -640,6 +645,7 @@ class Stream:
                 else:
                     pcm = self._silence
             call.send_audio(pcm)
+            self._last_sent_s = now_s
             self.frames_out += 1
             self.bytes_out += len(pcm)
             for name in marks:

@@ -269,3 +269,32 @@ async def test_start_carries_call_metadata_and_rate(clock: trio.testing.MockCloc
     assert start.metadata["fake"] is True
     # 8 kHz caller audio resampled to the route's 16 kHz: 640-byte frames.
     assert {len(p) for p in conn.audio()} == {640}
+
+
+@attrs.define(eq=False)
+class PolledCallLeg(FakeCallLeg):
+    """Delivers caller audio from ``poll`` like the RTP leg's jitter buffer does."""
+
+    queued: list[bytes] = attrs.field(factory=list)
+
+    def poll(self, sink: Any, now_s: float) -> None:
+        self.polls += 1
+        if self.queued:
+            sink.on_call_event(Audio(Frame(self.queued.pop(0), 8000)))
+
+
+async def test_phase_alignment_never_crams_frames(clock: trio.testing.MockClock) -> None:
+    call = PolledCallLeg()
+    call.queued = [numbered_frame(n) for n in range(100)]
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(nursery, call, EchoConnector(8000))
+        await trio.sleep(3.0)
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    times = [t for t, _ in call.sent]
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.01  # never two frames within half a ptime
+    assert sum(1 for g in gaps if g != 0.02) <= 1  # at most one re-phasing gap
+    numbers = [frame_number(pcm) for _, pcm in call.sent if any(pcm)]
+    assert numbers == list(range(100))
