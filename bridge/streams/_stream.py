@@ -634,6 +634,9 @@ class Stream:
         call = self.call
         app_up = self._app is not None
         for _ in range(n):
+            # This slot's frame goes out below; mark it first, so that audio the poll
+            # brings in (and an app answers at once) is phased after it, not before.
+            self._last_sent_s = now_s
             call.poll(self, now_s)
             pcm, marks = playout.pop()
             if pcm is None:
@@ -645,7 +648,6 @@ class Stream:
                 else:
                     pcm = self._silence
             call.send_audio(pcm)
-            self._last_sent_s = now_s
             self.frames_out += 1
             self.bytes_out += len(pcm)
             for name in marks:
