@@ -117,7 +117,10 @@ class Ticker:
             if lag > 0:
                 self.lag_sum_s += lag
             try:
-                nxt = handle.client.on_tick(now_s)
+                # A client served up to a quantum early is served *as of* its deadline:
+                # asked at an earlier "now", its clock would find nothing due and hand
+                # back the same deadline, to be served again in this very loop.
+                nxt = handle.client.on_tick(now_s if now_s > deadline else deadline)
             except Exception:
                 # A broken stream must not stop the clock of every other call. Its
                 # registration is dropped; the stream notices (its clock stops) and
@@ -128,6 +131,10 @@ class Ticker:
                 continue
             served += 1
             if handle.active:
+                if nxt <= deadline:
+                    # By construction a served clock moves on; if one does not, it must
+                    # not spin this loop: it gets the next quantum.
+                    nxt = deadline + self.quantum_s
                 handle.deadline_s = nxt
                 if nxt != math.inf:
                     heapq.heappush(heap, (nxt, next(self._seq), handle))
