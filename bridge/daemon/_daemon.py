@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from .._errors import StreamRefused
+from .._errors import BridgeError, StreamRefused
 from ..media import read_wav
 from ..streams import (
     AppConnector,
@@ -548,6 +548,6 @@ def run_daemon(config: Config, *, config_path: str | None = None) -> int:
     configure_logging(config.daemon.log_level, config.daemon.log_format)
     try:
         return trio.run(_main, config, config_path)
-    except OSError as exc:  # a listener that cannot bind, an unwritable records path
+    except (OSError, BridgeError) as exc:  # a port in use, an unwritable records path
         logger.error("bridge could not start: %s", exc)
         return 1

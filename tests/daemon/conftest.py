@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import msgspec
 import pytest
 import trio
 
@@ -15,6 +14,7 @@ from bridge.daemon._daemon import Daemon
 
 def make_config(tmp_path: Path, extra: str = "", *, routes: str | None = None) -> Config:
     """The embedded default's shape on port 0 everywhere, records in tmp_path."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     default_routes = """
 [[routes]]
 name = "as-echo"
@@ -67,5 +67,3 @@ async def daemon_factory(tmp_path: Path) -> AsyncIterator[object]:
         yield start
         nursery.cancel_scope.cancel()
 
-
-_ = msgspec
