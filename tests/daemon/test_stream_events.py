@@ -103,6 +103,9 @@ async def test_hanging_receiver_never_delays_audio(daemon_factory: Any, tmp_path
                     await caller.send_frame(frame(n))
                     await trio.sleep(0.02)
                 snapshot = await daemon.get_stream(live_id)
+                # The last frames' echoes are still on their way: wait for them (a lost
+                # frame fails here, by the outer fail_after).
+                await wait_until(lambda: sum(1 for _, p in caller.received if any(p)) >= 150, 5)
                 await caller.aclose()
             pending = daemon.store.pending_count if daemon.store else 0
     lateness = snapshot["lateness_ms"]
