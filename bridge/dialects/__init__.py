@@ -1,5 +1,13 @@
-"""Dialects: sans-IO wire protocols, bytes or messages in, events out, and back."""
+"""Dialects: sans-IO wire protocols, bytes or messages in, events out, and back.
 
+Every dialect has two roles with the same API (``receive``, ``send``, ``send_audio``):
+the *platform* side, which owns the call, and the *app* side. See ``_events`` for the
+contract and PROTOCOLS.md for the wire facts.
+"""
+
+from ._audiosocket import HANGUP_FRAME, AudioSocketApp, AudioSocketPlatform, audio_kind
+from ._carrier import CarrierStats
+from ._encapsulated import AudioSocketWsApp, AudioSocketWsPlatform, RtpWsApp, RtpWsPlatform
 from ._events import (
     Audio,
     Clear,
@@ -16,9 +24,21 @@ from ._events import (
     StatsRequest,
     Stop,
 )
+from ._plivo import PlivoApp, PlivoPlatform
+from ._rtp import RtpApp, RtpPlatform, RtpSession
+from ._sln import DTMF_DIGITS, SlnApp, SlnPlatform, decode_control, encode_control
+from ._telnyx import TelnyxApp, TelnyxError, TelnyxPlatform
+from ._twilio import TwilioApp, TwilioPlatform
 
 __all__ = [
+    "DTMF_DIGITS",
+    "HANGUP_FRAME",
     "Audio",
+    "AudioSocketApp",
+    "AudioSocketPlatform",
+    "AudioSocketWsApp",
+    "AudioSocketWsPlatform",
+    "CarrierStats",
     "Clear",
     "Cleared",
     "Connected",
@@ -28,8 +48,25 @@ __all__ = [
     "Hangup",
     "Mark",
     "Message",
+    "PlivoApp",
+    "PlivoPlatform",
+    "RtpApp",
+    "RtpPlatform",
+    "RtpSession",
+    "RtpWsApp",
+    "RtpWsPlatform",
+    "SlnApp",
+    "SlnPlatform",
     "Start",
     "Stats",
     "StatsRequest",
     "Stop",
+    "TelnyxApp",
+    "TelnyxError",
+    "TelnyxPlatform",
+    "TwilioApp",
+    "TwilioPlatform",
+    "audio_kind",
+    "decode_control",
+    "encode_control",
 ]
