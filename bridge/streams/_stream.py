@@ -184,6 +184,8 @@ class Stream:
     _t0: float = 0.0
     _call_stopped: bool = False
     _last_sent_s: float = -math.inf
+    #: Marks forwarded to a carrier that has not echoed them yet.
+    _carrier_marks: list[str] = attrs.field(factory=list)
     _awaiting_call: bool = False
     _call_resumed: trio.Event = attrs.field(factory=trio.Event)
     call_resumes: int = 0
@@ -473,9 +475,18 @@ class Stream:
         elif type(event) is Mark:
             # A carrier's echo of a mark we forwarded: now it really was played (or
             # cleared) on the far side, so the app learns it.
+            try:
+                self._carrier_marks.remove(event.name)
+            except ValueError:
+                pass
             self._app_event(event)
         elif type(event) is Cleared:
-            self._app_event(event)
+            # Plivo's clearedAudio: its cleared checkpoints are never answered
+            # (PROTOCOLS.md "Design implications" 3), so bridge answers them itself. The
+            # app already had its "cleared" when it asked.
+            marks, self._carrier_marks = self._carrier_marks, []
+            for name in marks:
+                self._app_event(Mark(name))
         elif type(event) is Stop:
             self._call_stopped = True
             self.end("call_hangup")
@@ -652,6 +663,7 @@ class Stream:
             self.bytes_out += len(pcm)
             for name in marks:
                 if call.far_side_buffers and call.send_event(Mark(name)):
+                    self._carrier_marks.append(name)
                     continue  # the carrier echoes it when it has played it
                 self._app_event(Mark(name))
         if playout.take_drained():

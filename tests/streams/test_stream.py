@@ -298,3 +298,24 @@ async def test_phase_alignment_never_crams_frames(clock: trio.testing.MockClock)
     assert sum(1 for g in gaps if g != 0.02) <= 1  # at most one re-phasing gap
     numbers = [frame_number(pcm) for _, pcm in call.sent if any(pcm)]
     assert numbers == list(range(100))
+
+
+async def test_carrier_marks_are_answered_on_cleared(clock: trio.testing.MockClock) -> None:
+    from bridge.dialects import Cleared
+
+    call = FakeCallLeg(far_side_buffers=True)  # like Plivo: buffers, echoes played marks
+    conn = FakeAppConnection()
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(nursery, call, ScriptedConnector([conn]))
+        await trio.sleep(0.2)
+        conn.feed(Audio(Frame(numbered_frame(1) * 2, 8000)))
+        conn.feed(Mark("m1"))
+        await trio.sleep(0.2)
+        assert [e.name for e in call.events_sent if isinstance(e, Mark)] == ["m1"]
+        assert conn.marks() == []  # forwarded to the carrier, not echoed by bridge
+        call.inject(Cleared())  # the carrier dropped its queue (Plivo clearedAudio)
+        await trio.sleep(0.05)
+        assert conn.marks() == ["m1"]
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
