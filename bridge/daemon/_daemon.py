@@ -544,10 +544,22 @@ async def _main(config: Config, config_path: str | None) -> int:
     return exit_code
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
 def run_daemon(config: Config, *, config_path: str | None = None) -> int:
     configure_logging(config.daemon.log_level, config.daemon.log_format)
     try:
         return trio.run(_main, config, config_path)
-    except (OSError, BridgeError) as exc:  # a port in use, an unwritable records path
-        logger.error("bridge could not start: %s", exc)
+    except (OSError, BridgeError, BaseExceptionGroup) as exc:
+        # A port in use, an unwritable records path: one clear line, exit 1. Anything
+        # else is a bug and keeps its traceback.
+        leaves = _leaves(exc)
+        if not all(isinstance(leaf, OSError | BridgeError) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            logger.error("bridge could not start: %s", leaf)
         return 1
