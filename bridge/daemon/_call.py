@@ -74,6 +74,7 @@ __all__ = [
     "add_call_parser",
     "place_call",
     "place_calls",
+    "render_report",
 ]
 
 logger = logging.getLogger("bridge.call")
@@ -204,7 +205,7 @@ class CallOptions:
             if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
                 raise ValueError(f"rtp target {target!r}: expected the admin URL http://HOST:PORT")
             if not self.route:
-                raise ValueError("rtp needs --route (a route with listener = \"rtp\")")
+                raise ValueError('rtp needs --route (a route with listener = "rtp")')
         elif urllib.parse.urlsplit(target).scheme not in ("ws", "wss"):
             raise ValueError(f"{self.transport} target {target!r}: expected ws://HOST:PORT/PATH")
 
@@ -377,6 +378,7 @@ class CallReport:
             "failed": sum(1 for c in calls if not c.ok),
             "hangups": hangups,
             "frames_sent": sent,
+            "frames_received": sum(c.frames_received for c in calls),
             "frames_echoed": sum(c.frames_echoed for c in calls),
             "lost": sum(c.lost for c in calls),
             "late": sum(c.late for c in calls),
@@ -407,7 +409,9 @@ class CallReport:
                 "cpu_s": round(self.cpu_s, 3),
                 "cpu_percent": round(100 * self.cpu_s / self.wall_s, 1) if self.wall_s else 0.0,
                 "cpu_us_per_call_frame": round(self.cpu_s * 1e6 / sent, 1) if sent else None,
-                "pacing_late_p99_ms": round(max((c.pacing_late_p99_ms for c in calls), default=0.0), 2),
+                "pacing_late_p99_ms": round(
+                    max((c.pacing_late_p99_ms for c in calls), default=0.0), 2
+                ),
                 "pacing_skipped": sum(c.pacing_skipped for c in calls),
             },
         }
@@ -447,7 +451,9 @@ def _make_dialect(opts: CallOptions) -> _Dialect:
     if t == "audiosocket":
         as_platform = AudioSocketPlatform(str(uuid.uuid4()), rate)
         # Asterisk sends the UUID first and never a hangup frame: it just closes.
-        return _Dialect(as_platform, as_platform.send(as_platform.start_event()), [], as_platform.call_uuid)
+        return _Dialect(
+            as_platform, as_platform.send(as_platform.start_event()), [], as_platform.call_uuid
+        )
     if t == "twilio":
         tw = TwilioPlatform(_hex_id("MZ"), _hex_id("CA"), _hex_id("AC"))
         start = [*tw.send(Connected()), *tw.send(Start(tw.stream_sid, tw.call_sid))]
@@ -661,7 +667,9 @@ class Call:
     _clock: PacingClock | None = attrs.field(default=None, init=False)
     _total: int = attrs.field(default=0, init=False)
     _next: int = attrs.field(default=0, init=False)
-    _sent_at: array.array[float] = attrs.field(factory=lambda: array.array("d", bytes(8 * _RING)), init=False)
+    _sent_at: array.array[float] = attrs.field(
+        factory=lambda: array.array("d", bytes(8 * _RING)), init=False
+    )
     _seen: bytearray = attrs.field(factory=bytearray, init=False)
     _last_n: int = attrs.field(default=-1, init=False)
     _first_sent: float = attrs.field(default=0.0, init=False)
@@ -700,7 +708,11 @@ class Call:
         except CallFailed as exc:
             self._fail(exc)
         except (TransportError, OSError) as exc:
-            self._fail(CallFailed("connect_failed" if not self.result.connected else "remote_hangup", str(exc)))
+            self._fail(
+                CallFailed(
+                    "connect_failed" if not self.result.connected else "remote_hangup", str(exc)
+                )
+            )
         finally:
             shared.live -= 1
             shared.finished += 1
@@ -719,7 +731,9 @@ class Call:
     def _fail(self, exc: CallFailed) -> None:
         if self._failure is None:
             self._failure = exc
+        # Stop sending, and stop waiting for the tail: nothing more is coming.
         self._sending_done.set()
+        self._all_back.set()
 
     async def _talk(self) -> None:
         result = self.result
@@ -847,9 +861,15 @@ class Call:
                     except Exception as exc:
                         logger.warning("DELETE /v1/streams/%s failed: %r", stream_id, exc)
                     else:
-                        if deleted.status_code == 404 and self._failure is not None and self._failure.reason == "caller_hangup":
+                        if (
+                            deleted.status_code == 404
+                            and self._failure is not None
+                            and self._failure.reason == "caller_hangup"
+                        ):
                             # Gone before we hung up: bridge (or the app) ended it.
-                            self._failure = CallFailed("remote_hangup", "the stream had already ended")
+                            self._failure = CallFailed(
+                                "remote_hangup", "the stream had already ended"
+                            )
         finally:
             sock.close()
 
@@ -1098,42 +1118,81 @@ def render_report(report: CallReport, console: Console, *, per_call_limit: int =
     summary = report.summary()
     calls = report.calls
     if calls and len(calls) <= per_call_limit:
-        table = Table(title="calls", title_justify="left")
-        for name in ("#", "hangup", "setup ms", "first audio ms", "sent", "echoed", "lost",
-                     "late", "dup", "p50 ms", "p99 ms", "max ms", "jitter ms"):
+        table = Table(title="calls (times in ms)", title_justify="left")
+        for name in (
+            "#",
+            "hangup",
+            "setup",
+            "1st audio",
+            "sent",
+            "echoed",
+            "lost",
+            "late",
+            "dup",
+            "p50",
+            "p99",
+            "max",
+            "jitter",
+        ):
             table.add_column(name, justify="left" if name == "hangup" else "right")
         for c in calls:
             style = None if c.ok else "red"
             table.add_row(
-                str(c.index), c.hangup + (f" ({c.error})" if c.error and not c.ok else ""),
-                _fmt(c.setup_ms), _fmt(c.first_audio_ms), str(c.frames_sent),
-                str(c.frames_echoed), str(c.lost), str(c.late), str(c.duplicates),
-                _fmt(c.latency_p50_ms), _fmt(c.latency_p99_ms), _fmt(c.latency_max_ms),
-                _fmt(c.jitter_ms, 2), style=style,
+                str(c.index),
+                c.hangup + (f" ({c.error})" if c.error and not c.ok else ""),
+                _fmt(c.setup_ms),
+                _fmt(c.first_audio_ms),
+                str(c.frames_sent),
+                str(c.frames_echoed),
+                str(c.lost),
+                str(c.late),
+                str(c.duplicates),
+                _fmt(c.latency_p50_ms),
+                _fmt(c.latency_p99_ms),
+                _fmt(c.latency_max_ms),
+                _fmt(c.jitter_ms, 2),
+                style=style,
             )
         console.print(table)
     lat, setup, first, gen = (
-        summary["latency_ms"], summary["setup_ms"], summary["first_audio_ms"], summary["generator"]
+        summary["latency_ms"],
+        summary["setup_ms"],
+        summary["first_audio_ms"],
+        summary["generator"],
     )
     table = Table(title="summary", title_justify="left", show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="left")
     opts = report.options
-    table.add_row("target", f"{opts.transport} {opts.resolved_target} ({opts.wire_codec}/{opts.sample_rate} Hz, {opts.signal_name})")
+    table.add_row(
+        "target",
+        f"{opts.transport} {opts.resolved_target} ({opts.wire_codec}/{opts.sample_rate} Hz, {opts.signal_name})",
+    )
     table.add_row(
         "calls",
         f"{summary['calls']} placed, {summary['connected']} connected, {summary['ok']} ok,"
-        f" {summary['failed']} failed  " + ", ".join(f"{k} {v}" for k, v in sorted(summary["hangups"].items())),
+        f" {summary['failed']} failed  "
+        + ", ".join(f"{k} {v}" for k, v in sorted(summary["hangups"].items())),
     )
     table.add_row(
         "frames",
         f"{summary['frames_sent']} sent, {summary['frames_echoed']} echoed, {summary['lost']} lost,"
         f" {summary['late']} late, {summary['duplicates']} duplicate, {summary['unmatched']} unmatched",
     )
-    table.add_row("round trip ms", f"p50 {_fmt(lat['p50'])}  p99 {_fmt(lat['p99'])}  max {_fmt(lat['max'])}")
-    table.add_row("jitter ms", f"mean {_fmt(summary['jitter_ms']['mean'], 2)}  max {_fmt(summary['jitter_ms']['max'], 2)}")
-    table.add_row("setup ms", f"p50 {_fmt(setup['p50'])}  p99 {_fmt(setup['p99'])}  max {_fmt(setup['max'])}")
-    table.add_row("first audio ms", f"p50 {_fmt(first['p50'])}  p99 {_fmt(first['p99'])}  max {_fmt(first['max'])}")
+    table.add_row(
+        "round trip ms", f"p50 {_fmt(lat['p50'])}  p99 {_fmt(lat['p99'])}  max {_fmt(lat['max'])}"
+    )
+    table.add_row(
+        "jitter ms",
+        f"mean {_fmt(summary['jitter_ms']['mean'], 2)}  max {_fmt(summary['jitter_ms']['max'], 2)}",
+    )
+    table.add_row(
+        "setup ms", f"p50 {_fmt(setup['p50'])}  p99 {_fmt(setup['p99'])}  max {_fmt(setup['max'])}"
+    )
+    table.add_row(
+        "first audio ms",
+        f"p50 {_fmt(first['p50'])}  p99 {_fmt(first['p99'])}  max {_fmt(first['max'])}",
+    )
     table.add_row(
         "generator",
         f"cpu {gen['cpu_percent']}% of a core, {_fmt(gen['cpu_us_per_call_frame'])} µs per call-frame,"
@@ -1147,27 +1206,23 @@ def _live_view(gen: CallGenerator) -> RenderableType:
 
     opts = gen.options
     shared = gen.shared
-    elapsed = trio.current_time() - gen.started_at if gen.started_at else 0.0
     table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
     table.add_column()
-    table.add_column()
+    table.add_row("bridge call", f"{opts.transport} {opts.resolved_target}")
     if shared is None:
-        table.add_row("bridge call", "preparing the signal...")
+        table.add_row("", "preparing the signal...")
         return table
     total = opts.calls
-    width = 30
-    done = int(width * shared.finished / total)
-    started = int(width * gen.started / total)
+    width = 24
+    done = width * shared.finished // total
+    started = width * gen.started // total
     bar = "█" * done + "▒" * (started - done) + "·" * (width - started)
+    elapsed = trio.current_time() - gen.started_at
+    table.add_row("calls", f"{bar} {shared.finished}/{total} done  {elapsed:.1f}s")
+    table.add_row("", f"{shared.live} live, {shared.failed} failed")
+    table.add_row("frames", f"{shared.frames_sent} sent, {shared.frames_echoed} echoed")
     lat = shared.latency
-    table.add_row(
-        f"[bold]{opts.transport}[/] {opts.resolved_target}",
-        f"{bar} {shared.finished}/{total} done, {shared.live} live, {shared.failed} failed  {elapsed:.1f}s",
-    )
-    table.add_row(
-        "frames",
-        f"{shared.frames_sent} sent, {shared.frames_echoed} echoed",
-    )
     table.add_row(
         "round trip",
         f"p50 {lat.percentile(50):.1f} ms  p99 {lat.percentile(99):.1f} ms  max {lat.max_ms:.1f} ms"
@@ -1183,8 +1238,12 @@ async def _show_live(gen: CallGenerator, console: Console) -> None:
     # No auto refresh: rich would refresh from its own thread; a Trio task is cheaper
     # and reads the figures from the thread that writes them.
     with Live(
-        _live_view(gen), console=console, auto_refresh=False, transient=True,
-        redirect_stdout=False, redirect_stderr=False,
+        _live_view(gen),
+        console=console,
+        auto_refresh=False,
+        transient=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
     ) as live:
         while True:
             await trio.sleep(0.25)
@@ -1244,9 +1303,13 @@ def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
             "usage errors."
         ),
     )
-    p.add_argument("--transport", choices=TRANSPORTS, default="audiosocket",
-                   help="the call leg to emulate (sln: straight to an app such as bridge "
-                        "echo-server) (default: %(default)s)")
+    p.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="audiosocket",
+        help="the call leg to emulate (sln: straight to an app such as bridge "
+        "echo-server) (default: %(default)s)",
+    )
     p.add_argument(
         "--target",
         help=(
@@ -1255,39 +1318,96 @@ def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
             "sln ws://127.0.0.1:9000"
         ),
     )
-    p.add_argument("--route", default="rtp-echo",
-                   help="rtp: the route for POST /v1/streams (default: %(default)s)")
-    p.add_argument("--token", default=os.environ.get("BRIDGE_ADMIN_TOKEN", ""),
-                   help="rtp: admin API bearer token (default: $BRIDGE_ADMIN_TOKEN)")
+    p.add_argument(
+        "--route",
+        default="rtp-echo",
+        help="rtp: the route for POST /v1/streams (default: %(default)s)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("BRIDGE_ADMIN_TOKEN", ""),
+        help="rtp: admin API bearer token (default: $BRIDGE_ADMIN_TOKEN)",
+    )
     signal_group = p.add_mutually_exclusive_group()
     signal_group.add_argument("--wav", metavar="FILE", help="play this PCM16 WAV file (looped)")
-    signal_group.add_argument("--tone", metavar="HZ", type=_positive_float,
-                              help="play a sine tone (default: a built-in speech-like signal)")
-    p.add_argument("--record", metavar="OUT.wav",
-                   help="write the audio that came back (the first call's) to a WAV file")
-    p.add_argument("--duration", type=_duration, default=10.0, metavar="D",
-                   help="how long each call sends audio: 10s, 500ms, 2m (default: 10s)")
-    p.add_argument("--calls", type=_int_at_least_1, default=1, metavar="N",
-                   help="number of calls (default: %(default)s)")
-    p.add_argument("--rate", type=_positive_float, default=10.0, metavar="R",
-                   help="calls started per second (default: %(default)s)")
-    p.add_argument("--sample-rate", type=_int_at_least_1, default=8000, metavar="HZ",
-                   help="wire sample rate (default: %(default)s)")
-    p.add_argument("--codec", choices=CODECS, default=None,
-                   help="wire codec (default: pcmu for twilio/telnyx/rtp, l16 for plivo; "
-                        "audiosocket and sln are always l16)")
-    p.add_argument("--ptime", type=_int_at_least_1, default=20, metavar="MS",
-                   help="frame length in ms (default: %(default)s)")
-    p.add_argument("--tail", type=_duration, default=1.0, metavar="D",
-                   help="after the last frame, wait this long at most for the echo (default: 1s)")
-    p.add_argument("--connect-timeout", type=_duration, default=5.0, metavar="D",
-                   help="connect/handshake/POST timeout (default: 5s)")
+    signal_group.add_argument(
+        "--tone",
+        metavar="HZ",
+        type=_positive_float,
+        help="play a sine tone (default: a built-in speech-like signal)",
+    )
+    p.add_argument(
+        "--record",
+        metavar="OUT.wav",
+        help="write the audio that came back (the first call's) to a WAV file",
+    )
+    p.add_argument(
+        "--duration",
+        type=_duration,
+        default=10.0,
+        metavar="D",
+        help="how long each call sends audio: 10s, 500ms, 2m (default: 10s)",
+    )
+    p.add_argument(
+        "--calls",
+        type=_int_at_least_1,
+        default=1,
+        metavar="N",
+        help="number of calls (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=10.0,
+        metavar="R",
+        help="calls started per second (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sample-rate",
+        type=_int_at_least_1,
+        default=8000,
+        metavar="HZ",
+        help="wire sample rate (default: %(default)s)",
+    )
+    p.add_argument(
+        "--codec",
+        choices=CODECS,
+        default=None,
+        help="wire codec (default: pcmu for twilio/telnyx/rtp, l16 for plivo; "
+        "audiosocket and sln are always l16)",
+    )
+    p.add_argument(
+        "--ptime",
+        type=_int_at_least_1,
+        default=20,
+        metavar="MS",
+        help="frame length in ms (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tail",
+        type=_duration,
+        default=1.0,
+        metavar="D",
+        help="after the last frame, wait this long at most for the echo (default: 1s)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=_duration,
+        default=5.0,
+        metavar="D",
+        help="connect/handshake/POST timeout (default: 5s)",
+    )
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true",
-                     help="print one JSON document {calls: [...], summary: {...}}")
+    out.add_argument(
+        "--json", action="store_true", help="print one JSON document {calls: [...], summary: {...}}"
+    )
     out.add_argument("--quiet", action="store_true", help="print nothing; use the exit status")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
-                   help="(default: %(default)s)")
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="(default: %(default)s)",
+    )
     p.set_defaults(handler=_main)
     return p
 
@@ -1347,7 +1467,10 @@ def _main(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     elif not args.quiet:
-        render_report(result, Console())
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=120)  # a file or a pipe: don't squeeze the tables into 80
+        render_report(result, out)
     return 0 if result.ok else 1
 
 
@@ -1360,4 +1483,3 @@ async def _stop_on_signal(gen: CallGenerator, scope: trio.CancelScope) -> None:
                 scope.cancel()
                 return
             gen.stop()
-

@@ -144,9 +144,16 @@ class Watermark:
         runs = self._runs
         start = 2 * self.offset
         mark = b"".join(
-            (self._magic, runs[digits[0]], runs[digits[1]], runs[digits[2]],
-             runs[digits[3]], runs[digits[4]], runs[_check(digits)])
-        )  # fmt: skip
+            (
+                self._magic,
+                runs[digits[0]],
+                runs[digits[1]],
+                runs[digits[2]],
+                runs[digits[3]],
+                runs[digits[4]],
+                runs[_check(digits)],
+            )
+        )
         end = start + len(mark)
         if len(pcm) < end:
             raise ValueError(f"a frame of {len(pcm) // 2} samples is too short for a watermark")
@@ -191,14 +198,14 @@ class Watermark:
             return -1
         if values[0::2] != values[1::2]:
             return -1
-        digit_of = _DIGIT_OF
-        try:
-            digits = [digit_of[v] for v in values[4::2]]
-        except KeyError:
+        get = _DIGIT_OF.get
+        d0, d1, d2, d3, d4, check = (get(v, -1) for v in values[4::2])
+        # _check() written out: this runs for every frame received.
+        if (
+            min(d0, d1, d2, d3, d4, check) < 0
+            or (7 + d0 + 3 * d1 + 5 * d2 + 7 * d3 + 9 * d4) & 15 != check
+        ):
             return -1
-        if _check(digits[:_DIGITS]) != digits[_DIGITS]:
-            return -1
-        d0, d1, d2, d3, d4 = digits[:_DIGITS]
         return (d0 << 16) | (d1 << 12) | (d2 << 8) | (d3 << 4) | d4
 
 

@@ -230,7 +230,9 @@ class EchoServer:
         opts = self.options
         if opts.reject is not None:
             self.stats.rejected += 1
-            await request.reject(opts.reject, f"rejected by bridge echo-server (--reject {opts.reject})\n")
+            await request.reject(
+                opts.reject, f"rejected by bridge echo-server (--reject {opts.reject})\n"
+            )
             return
         ws = await request.accept()
         stats = self.stats
@@ -467,8 +469,13 @@ def _main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level, "console")
+    if args.log_level != "debug":
+        # websockets logs every connection open/close at INFO: one line per call is
+        # noise at benchmark scale.
+        logging.getLogger("bridge.transports.websockets").setLevel(logging.WARNING)
 
     failed: list[str] = []
+    servers: list[EchoServer] = []
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -478,6 +485,7 @@ def _main(args: argparse.Namespace) -> int:
                 failed.append(f"cannot listen on {args.listen}: {exc.strerror or exc}")
                 nursery.cancel_scope.cancel()
                 return
+            servers.append(server)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             faults = [
                 f"{name}={value}"
@@ -499,6 +507,19 @@ def _main(args: argparse.Namespace) -> int:
     if failed:
         print(f"error: {failed[0]}", file=sys.stderr)
         return 1
+    if servers:
+        st = servers[0].stats
+        logger.info(
+            "stopped: %d connections, %d frames echoed, %d marks, %d rejected, %d dropped,"
+            " %d stalled, %d protocol errors",
+            st.connections,
+            st.frames,
+            st.marks,
+            st.rejected,
+            st.dropped,
+            st.stalled,
+            st.protocol_errors,
+        )
     return 0
 
 
