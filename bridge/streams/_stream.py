@@ -70,7 +70,13 @@ CLOSE_BUDGET_S = 3.0
 #: little latency, large enough to absorb the ticker's 1 ms granularity.
 PHASE_MARGIN_S = 0.0015
 
-#: If the caller sends nothing, the grid starts anyway after this long.
+#: How long an empty slot waits for a streaming app's late frame (see ``on_tick``), and
+#: what counts as streaming: audio from the app within this long.
+GRACE_S = 0.004
+GRACE_STREAMING_S = 0.03
+
+#: If the app sends no audio, the grid starts anyway (silence or hold to the caller)
+#: this long after the stream started; the app's first audio starts it earlier.
 START_GRID_AFTER_S = 0.1
 
 
@@ -184,6 +190,9 @@ class Stream:
     _t0: float = 0.0
     _call_stopped: bool = False
     _last_sent_s: float = -math.inf
+    _grace_open: bool = False
+    _app_audio_at: float = -math.inf
+    grace_sends: int = 0
     #: Marks forwarded to a carrier that has not echoed them yet.
     _carrier_marks: list[str] = attrs.field(factory=list)
     _awaiting_call: bool = False
@@ -467,8 +476,9 @@ class Stream:
                     self._set_call_rate(rate)
             assert self._up_rs is not None
             self._to_app(self._up_rs.process(pcm))
-            if self._clock is None:
-                self._start_grid(trio.current_time())
+            # The playout grid does not start here: it starts phase-aligned to the
+            # app's first audio (or free-running if the app stays silent), so that the
+            # app's answer never lands just behind a silence frame and waits a slot.
         elif type(event) is Dtmf:
             self._note("dtmf", {"digit": event.digit, "from": "call"})
             self._to_app(event)
@@ -553,8 +563,12 @@ class Stream:
                 assert self._down_rs is not None
                 pcm = self._down_rs.process(pcm)
             self._playout.push(pcm)
-            if not self._phased:
-                self._phase_grid(trio.current_time())
+            now = trio.current_time()
+            self._app_audio_at = now
+            if self._grace_open:
+                self._send_in_grace(now)
+            elif not self._phased:
+                self._phase_grid(now)
         elif type(event) is Mark:
             self._playout.mark(event.name)
         elif type(event) is Clear:
@@ -641,34 +655,66 @@ class Stream:
         if clock is None:
             return math.inf
         n = clock.due(now_s)
-        playout = self._playout
         call = self.call
-        app_up = self._app is not None
-        for _ in range(n):
+        for i in range(n):
             # This slot's frame goes out below; mark it first, so that audio the poll
             # brings in (and an app answers at once) is phased after it, not before.
             self._last_sent_s = now_s
             call.poll(self, now_s)
-            pcm, marks = playout.pop()
-            if pcm is None:
-                if not app_up and self._hold:
-                    hold, pos = self._hold, self._hold_pos
-                    fb = len(self._silence)
-                    pcm = hold[pos : pos + fb]
-                    self._hold_pos = (pos + fb) % len(hold)
-                else:
-                    pcm = self._silence
-            call.send_audio(pcm)
-            self.frames_out += 1
-            self.bytes_out += len(pcm)
-            for name in marks:
-                if call.far_side_buffers and call.send_event(Mark(name)):
-                    self._carrier_marks.append(name)
-                    continue  # the carrier echoes it when it has played it
-                self._app_event(Mark(name))
+            if (
+                i == n - 1
+                and not self._grace_open
+                and self._app is not None
+                and self._playout.queued_ms <= 0
+                and now_s - self._app_audio_at < GRACE_STREAMING_S
+            ):
+                # The app is streaming but this slot's frame is not here yet: give it
+                # GRACE_S. If it comes, it goes out on arrival and the grid follows it
+                # (one gap of 20+δ ms); if not, silence goes out at the end of the grace.
+                # Without this, a frame a millisecond late would wait a whole slot and
+                # every later frame with it, for the rest of the call.
+                self._grace_open = True
+                clock.rephase(now_s + GRACE_S)
+                break
+            self._grace_open = False
+            self._send_frame()
+        return clock.next_deadline_s
+
+    def _send_frame(self) -> None:
+        """Pop one frame (silence or hold when there is none) and send it to the caller."""
+        call = self.call
+        playout = self._playout
+        pcm, marks = playout.pop()
+        if pcm is None:
+            if self._app is None and self._hold:
+                hold, pos = self._hold, self._hold_pos
+                fb = len(self._silence)
+                pcm = hold[pos : pos + fb]
+                self._hold_pos = (pos + fb) % len(hold)
+            else:
+                pcm = self._silence
+        call.send_audio(pcm)
+        self.frames_out += 1
+        self.bytes_out += len(pcm)
+        for name in marks:
+            if call.far_side_buffers and call.send_event(Mark(name)):
+                self._carrier_marks.append(name)
+                continue  # the carrier echoes it when it has played it
+            self._app_event(Mark(name))
         if playout.take_drained():
             self._app_event(Drained())
-        return clock.next_deadline_s
+
+    def _send_in_grace(self, now_s: float) -> None:
+        """The awaited frame arrived inside its grace: send it now; the grid follows."""
+        clock = self._clock
+        assert clock is not None
+        self._grace_open = False
+        self._last_sent_s = now_s
+        self._send_frame()
+        self.grace_sends += 1
+        clock.rephase(now_s + self.settings.ptime_ms / 1000.0)
+        if self._tick is not None:
+            self._tick.reschedule(clock.next_deadline_s)
 
     # ==================================================================================
     # reconnect supervisor

@@ -98,8 +98,13 @@ async def test_echo_plays_every_frame_back_paced(clock: trio.testing.MockClock) 
     numbers = [frame_number(pcm) for _, pcm in call.sent if any(pcm)]
     assert numbers == list(range(100))  # every frame back once, in order
     times = [t for t, _ in call.sent]
-    gaps = {round(b - a, 6) for a, b in itertools.pairwise(times)}
-    assert gaps == {0.02}, gaps  # paced on an exact 20 ms grid
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
+    # Paced on an exact 20 ms grid; the one exception is where the app stopped
+    # streaming: that slot waited its grace for a frame that never came.
+    odd = [(i, g) for i, g in enumerate(gaps) if g != 0.02]
+    assert odd == [(odd[0][0], 0.024)] if odd else True, odd
+    last_audio = max(i for i, (_, pcm) in enumerate(call.sent) if any(pcm))
+    assert not odd or odd[0][0] == last_audio
     assert stream.reason == "call_hangup"
     assert rec.names() == ["StartStream", "StopStream"]
     assert rec.states == ["open", "streaming", "closing", "closed"]
@@ -295,7 +300,8 @@ async def test_phase_alignment_never_crams_frames(clock: trio.testing.MockClock)
     times = [t for t, _ in call.sent]
     gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.01  # never two frames within half a ptime
-    assert sum(1 for g in gaps if g != 0.02) <= 1  # at most one re-phasing gap
+    # At most one re-phasing gap, and one grace gap where the app stopped streaming.
+    assert sum(1 for g in gaps if g != 0.02) <= 2
     numbers = [frame_number(pcm) for _, pcm in call.sent if any(pcm)]
     assert numbers == list(range(100))
 
