@@ -10,6 +10,8 @@ Contract (see docs/operations.md):
 - ``GET /readyz``: 200 ``{"status": "ready"}`` or 503 ``{"status": "draining"}``.
 - ``GET /metrics``: Prometheus text format.
 - ``GET /v1/streams[?state=live|ended|all&since=…&limit=…]``: ``{"streams": [...]}``.
+- ``GET /v1/events[?status=pending|delivered|failed|skipped&limit=…]``: ``{"events": [...]}``
+  (status callbacks and their delivery state; failed ones are kept here).
 - ``GET /v1/streams/{id}``: one stream, live or ended, or 404.
 - ``DELETE /v1/streams/{id}``: 202 ``{"stream_id", "status": "stopping"}`` or 404.
 - ``POST /v1/streams``: open an RTP stream; 201, 400 or 503.
@@ -80,6 +82,11 @@ class AdminBackend(Protocol):
 
     async def stop_stream(self, stream_id: str) -> bool:
         """End a live stream with reason ``api_request``; False if it is not live."""
+        ...
+
+    async def list_events(self, *, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """Status-callback events by delivery status (pending, delivered, failed,
+        skipped; None = all), newest first."""
         ...
 
     async def open_rtp_stream(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +293,19 @@ def create_admin_app(backend: AdminBackend, metrics: Metrics, *, token: str = ""
             return _error(404, "not_found", "no such live stream", stream_id=stream_id)
         return JSONResponse({"stream_id": stream_id, "status": "stopping"}, status_code=202)
 
+    async def list_events(request: Request) -> Response:
+        query = request.query_params
+        status = query.get("status")
+        try:
+            limit = _parse_limit(query.get("limit"))
+        except ValueError as exc:
+            return _error(400, "bad_request", str(exc))
+        if status not in (None, "pending", "delivered", "failed", "skipped"):
+            return _error(
+                400, "bad_request", f"status={status!r}: expected pending, delivered, failed or skipped"
+            )
+        return JSONResponse({"events": await backend.list_events(status=status, limit=limit)})
+
     async def open_stream(request: Request) -> Response:
         too_big = _error(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
         length = request.headers.get("content-length", "")
@@ -323,6 +343,7 @@ def create_admin_app(backend: AdminBackend, metrics: Metrics, *, token: str = ""
             Route("/v1/streams", v1(open_stream), methods=["POST"]),
             Route("/v1/streams/{stream_id}", v1(get_stream), methods=["GET"]),
             Route("/v1/streams/{stream_id}", v1(delete_stream), methods=["DELETE"]),
+            Route("/v1/events", v1(list_events), methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_exception},
     )

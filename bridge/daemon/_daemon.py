@@ -457,6 +457,11 @@ class Daemon:
     async def stop_stream(self, stream_id: str) -> bool:
         return self.manager.stop(stream_id, "api_request")
 
+    async def list_events(self, *, status: str | None, limit: int) -> list[dict[str, Any]]:
+        if self.store is None:
+            return []
+        return await self.store.list_events(status=status, limit=limit)
+
     async def open_rtp_stream(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.rtp_opener is None:
             raise StreamRefused("rtp_disabled", "the RTP listener is not configured")

@@ -65,6 +65,14 @@ class FakeBackend:
             return True
         return False
 
+    async def list_events(self, *, status: str | None, limit: int) -> list[dict[str, Any]]:
+        await trio.lowlevel.checkpoint()
+        events = [
+            {"event_id": "e1", "event": "StartStream", "status": "delivered"},
+            {"event_id": "e2", "event": "StopStream", "status": "failed", "last_error": "HTTP 400"},
+        ]
+        return [e for e in events if status is None or e["status"] == status][:limit]
+
     async def open_rtp_stream(self, request: dict[str, Any]) -> dict[str, Any]:
         await trio.lowlevel.checkpoint()
         if self.refuse:
@@ -499,3 +507,15 @@ async def test_hypercorn_logs_through_bridge_logger(
     assert "bridge.admin.http" in names  # "Running on http://…"
     assert "bridge.admin.access" not in names  # access log off by default
     assert not any(n.startswith("hypercorn") for n in names)
+
+
+async def test_list_events_by_status(client: httpx.AsyncClient) -> None:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    assert (await client.get("/v1/events")).status_code == 401
+    r = await client.get("/v1/events", params={"status": "failed"}, headers=auth)
+    assert r.status_code == 200
+    assert [e["event_id"] for e in r.json()["events"]] == ["e2"]
+    r = await client.get("/v1/events", headers=auth)
+    assert len(r.json()["events"]) == 2
+    r = await client.get("/v1/events", params={"status": "lost"}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
