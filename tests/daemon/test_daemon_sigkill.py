@@ -56,7 +56,7 @@ callback = {{ url = "{rx.url}", secret = "s" }}
                 proc.wait_ready()
                 for _ in range(3):
                     one_call(proc.listeners["audiosocket"])
-                ids = pending_ids(proc, 6)  # 3 × StartStream + StopStream, committed
+                ids = pending_ids(proc, 6)  # 3 calls x (StartStream + StopStream), committed
                 proc.proc.send_signal(signal.SIGKILL)
                 proc.proc.wait(timeout=5)
                 return ids

@@ -85,6 +85,7 @@ class FakeAppConnection:
     dead: bool = False
     backlog: int = 0
     closed_with: int | None = None
+    _on_drained: Callable[[], None] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel(math.inf)
@@ -125,7 +126,14 @@ class FakeAppConnection:
                 return
 
     async def serve_writer(self, on_drained: Callable[[], None]) -> None:
+        self._on_drained = on_drained
         await trio.sleep_forever()
+
+    def unblock(self) -> None:
+        """A slow app catches up: its backlog empties and the writer says so."""
+        self.backlog = 0
+        if self._on_drained is not None:
+            self._on_drained()
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         self.closed_with = code

@@ -325,3 +325,42 @@ async def test_carrier_marks_are_answered_on_cleared(clock: trio.testing.MockClo
         call.hang_up()
         await stream.closed_event.wait()
         nursery.cancel_scope.cancel()
+
+
+async def test_slow_app_degraded_then_recovered_in_order(clock: trio.testing.MockClock) -> None:
+    call = FakeCallLeg()
+    conn = FakeAppConnection()
+    async with trio.open_nursery() as nursery:
+        stream, rec, _ = await run_stream(
+            nursery, call, ScriptedConnector([conn]), buffer_s=1.0
+        )
+        await trio.sleep(0.05)
+        conn.backlog = 100_000  # the app stops taking frames: they queue in the uplink
+        nursery.start_soon(feed_caller, call, 100)
+        await trio.sleep(0.7)  # 35 frames: past 30 % and 60 % of 1 s
+        assert [f["buffer_percent"] for _, n, f in rec.events if n == "DegradedStream"] == [30, 60]
+        conn.unblock()  # it catches up: everything buffered goes out, in order
+        await trio.sleep(1.5)
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    assert rec.names() == ["StartStream", "DegradedStream", "DegradedStream", "RecoveredStream", "StopStream"]
+    assert [frame_number(p) for p in conn.audio()] == list(range(100))
+
+
+async def test_hold_audio_plays_while_the_app_is_away(clock: trio.testing.MockClock) -> None:
+    hold = b"".join(struct.pack("<h", 3000 + i) * 160 for i in range(5))  # 5 distinct frames
+    call = FakeCallLeg()
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(
+            nursery, call, ScriptedConnector(), retries=50, backoff_s=0.05, hold_pcm=hold
+        )
+        nursery.start_soon(feed_caller, call, 30)
+        await trio.sleep(0.6)
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    played = [struct.unpack_from("<h", pcm)[0] - 3000 for _, pcm in call.sent]
+    assert len(played) >= 20
+    # The hold sound loops frame by frame while the app is unreachable.
+    assert played[:12] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
