@@ -29,6 +29,7 @@ import attrs
 import msgspec
 
 from .._errors import DialectError, UnsupportedMessage
+from ..media import Frame
 
 with warnings.catch_warnings():
     # audioop is deprecated on 3.11/3.12 and provided by the audioop-lts package on 3.13+
@@ -315,3 +316,17 @@ class CarrierStats:
     dtmf_received: int = 0
     errors_received: int = 0
     """Telnyx ``error`` frames."""
+
+
+def other_role(cls: str, event: object) -> ValueError:
+    """The local-misuse error for sending an event that only the other role sends."""
+    return ValueError(f"{cls} cannot send {type(event).__name__}: the other role sends it")
+
+
+def check_rate(frame: Frame, rate: int) -> bytes:
+    """``frame``'s PCM, after checking it is at the stream's rate (a caller bug if not)."""
+    if frame.sample_rate != rate:
+        raise ValueError(
+            f"audio at {frame.sample_rate} Hz for a {rate} Hz stream: resample before send()"
+        )
+    return frame.pcm

@@ -67,6 +67,12 @@ from ._carrier import (
     short,
     to_int,
 )
+from ._carrier import (
+    check_rate as _check_rate,
+)
+from ._carrier import (
+    other_role as _other_role,
+)
 from ._events import (
     Audio,
     Clear,
@@ -287,18 +293,6 @@ _decode_from_app: Final = JsonDecoder[_FromApp](
     },
     binary_note=" (Plivo takes TEXT frames only)",
 )
-
-
-def _other_role(cls: str, event: Event) -> ValueError:
-    return ValueError(f"{cls} cannot send {type(event).__name__}: the other role sends it")
-
-
-def _check_rate(frame: Frame, rate: int) -> bytes:
-    if frame.sample_rate != rate:
-        raise ValueError(
-            f"audio at {frame.sample_rate} Hz for a {rate} Hz stream: resample before send()"
-        )
-    return frame.pcm
 
 
 # --------------------------------------------------------------------------- app role
