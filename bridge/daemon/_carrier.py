@@ -157,7 +157,12 @@ async def serve_carrier_websocket(
             pass
 
     async with trio.open_nursery() as nursery:
-        bound: list[tuple[str, int]] = await nursery.start(_serve, handler, addr, config)
+        def bad_handshake(peer: str, why: str) -> None:
+            daemon.bad_input(LISTENER, "bad_handshake", f"{peer}: {why}")
+
+        bound: list[tuple[str, int]] = await nursery.start(
+            _serve, handler, addr, config, bad_handshake
+        )
         logger.info("WebSocket listening on %s:%d", bound[0][0], bound[0][1])
         task_status.started(bound[0])
 
@@ -166,6 +171,7 @@ async def _serve(
     handler: Callable[[WebSocketRequest], Any],
     addr: tuple[str, int],
     config: WebSocketConfig,
+    on_bad_handshake: Callable[[str, str], None],
     *,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -181,6 +187,7 @@ async def _serve(
         # Carriers keep their own keepalive; a dead carrier shows as a failed send.
         ping_interval_s=20.0,
         ping_timeout_s=20.0,
+        on_bad_handshake=on_bad_handshake,
     )
 
 

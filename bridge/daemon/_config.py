@@ -745,6 +745,11 @@ class AppConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True)
                 "codec",
                 f'{self.codec} (G.711) is 8000 Hz only; use codec = "l16" for {self.sample_rate} Hz',
             )
+        if self.encapsulation == "plivo" and self.codec == "pcma":
+            # Plivo's playAudio takes audio/x-l16 or audio/x-mulaw only (PROTOCOLS.md §4).
+            raise _FieldError(
+                "codec", '"pcma": Plivo has no A-law; use codec = "pcmu" or "l16" with encapsulation "plivo"'
+            )
 
 
 class CallbackConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -378,6 +378,9 @@ class Daemon:
     def stream_state(self, stream: Stream, state: StreamState) -> None:
         pass
 
+    def stream_bad_input(self, stream: Stream, leg: str, kind: str, message: str) -> None:
+        self.metrics.bad_input.labels(leg=leg, kind=kind).inc()
+
     def stream_closed(self, stream: Stream) -> None:
         route = self._routes_by_stream.pop(stream.stream_id, None)
         key = self.resumable_keys.pop(stream.stream_id, None)

@@ -124,7 +124,7 @@ class Metrics:
         )
         self.bad_input = Counter(
             "bridge_bad_input",
-            "Malformed, unknown or oversize input, by leg (call|app) and kind.",
+            "Malformed, unknown or oversize input, by leg (audiosocket|websocket|rtp|app) and kind.",
             ("leg", "kind"),
             registry=r,
         )

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from .._errors import ConnectionClosed, DialectError, TransportError
+from .._errors import ConnectionClosed, DialectError, MessageTooBig, TransportError
 from ..dialects import (
     Audio,
     Clear,
@@ -117,6 +117,10 @@ class StreamObserver(Protocol):
 
     def stream_closed(self, stream: Stream) -> None: ...
 
+    def stream_bad_input(self, stream: Stream, leg: str, kind: str, message: str) -> None:
+        """A peer of this stream sent something malformed (already logged by the stream)."""
+        ...
+
 
 class _NullObserver:
     def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None:
@@ -126,6 +130,9 @@ class _NullObserver:
         pass
 
     def stream_closed(self, stream: Stream) -> None:
+        pass
+
+    def stream_bad_input(self, stream: Stream, leg: str, kind: str, message: str) -> None:
         pass
 
 
@@ -405,11 +412,12 @@ class Stream:
             try:
                 reason = await leg.serve_reader(self)
                 result.append((reason, None, not self._call_stopped))
-            except DialectError as exc:
-                logger.warning(
-                    "bad input on the call leg: %s", exc, extra={"stream_id": self.stream_id}
-                )
-                result.append(("call_hangup", f"call leg protocol error: {exc.message}", False))
+            except (DialectError, MessageTooBig) as exc:
+                # Malformed input ends this stream at most (ARCHITECTURE.md reliability
+                # policy): one clear line, one count, and the call is hung up.
+                kind = "message_too_big" if isinstance(exc, MessageTooBig) else "protocol_error"
+                self._bad_input(self.listener or leg.kind, kind, str(exc))
+                result.append(("call_hangup", f"call leg {kind.replace('_', ' ')}: {exc}", False))
             except (ConnectionClosed, TransportError) as exc:
                 result.append(("call_hangup", str(exc), True))
             cancel.cancel()
@@ -810,7 +818,13 @@ class Stream:
         async def reader(cancel: trio.CancelScope) -> None:
             try:
                 await conn.serve_reader(self)
-            except (ConnectionClosed, TransportError, DialectError) as exc:
+            except (DialectError, MessageTooBig) as exc:
+                # PROTOCOLS.md §0: malformed input from the app ends that connection;
+                # the supervisor then reconnects.
+                kind = "message_too_big" if isinstance(exc, MessageTooBig) else "protocol_error"
+                self._bad_input("app", kind, str(exc))
+                failure.append(f"app leg {kind.replace('_', ' ')}: {exc}")
+            except (ConnectionClosed, TransportError) as exc:
                 failure.append(str(exc) or type(exc).__name__)
             cancel.cancel()
 
@@ -843,6 +857,17 @@ class Stream:
     def _emit(self, event: str, fields: dict[str, Any]) -> None:
         self._note(event, fields)
         self.observer.stream_event(self, event, fields)
+
+    def _bad_input(self, leg: str, kind: str, message: str) -> None:
+        logger.warning(
+            "bad input on the %s leg (%s): %s",
+            leg,
+            kind,
+            message,
+            extra={"stream_id": self.stream_id, "leg": leg, "kind": kind},
+        )
+        self._note("bad_input", {"leg": leg, "kind": kind, "error": message})
+        self.observer.stream_bad_input(self, leg, kind, message)
 
     def _log_once(self, key: str, msg: str, *args: object) -> None:
         if key in self._logged_once:

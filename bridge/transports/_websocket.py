@@ -988,6 +988,9 @@ class _ServerConfig:
     ping_timeout_s: float | None
     close_timeout_s: float
     ssl_context: ssl.SSLContext | None
+    #: Called with (peer "host:port", what was wrong) for every failed handshake, so the
+    #: owner can log and count bad peers; None = only a debug line here.
+    on_bad_handshake: Callable[[str, str], None] | None = None
     handshakes: int = 0
 
 
@@ -1210,13 +1213,15 @@ async def _serve_connection(config: _ServerConfig, tcp_stream: trio.SocketStream
     stream: trio.abc.Stream = tcp_stream
     try:
         if config.handshakes >= config.max_handshakes:
+            _bad_handshake(config, tcp_stream, "too many handshakes in progress (503)")
             await _refuse_busy(stream, config)
             return
         slot = _HandshakeSlot(config)
         try:
             protocol = ServerProtocol(max_size=config.max_message_bytes, logger=_protocol_logger)
             request: Request | None = None
-            with trio.move_on_after(config.handshake_timeout_s):
+            queued: list[bytes] = []
+            with trio.move_on_after(config.handshake_timeout_s) as handshake_scope:
                 try:
                     if config.ssl_context is not None:
                         tls = trio.SSLStream(tcp_stream, config.ssl_context, server_side=True)
@@ -1229,14 +1234,24 @@ async def _serve_connection(config: _ServerConfig, tcp_stream: trio.SocketStream
                         await _send_chunks(stream, queued)
                         await _linger(stream)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    logger.debug("websocket handshake from %s failed: %s", _address(tcp_stream, peer=True), exc)
+                    _bad_handshake(config, tcp_stream, f"connection lost during the handshake: {exc}")
                     return
             if request is None:
                 # Slowloris, garbage, or the client went away: drop without ceremony.
+                if handshake_scope.cancelled_caught:
+                    why = f"no complete upgrade request within {config.handshake_timeout_s:g}s"
+                elif any(queued):
+                    why = "malformed HTTP request (answered 4xx)"
+                else:
+                    why = "not an HTTP upgrade request (garbage, or closed early)"
+                _bad_handshake(config, tcp_stream, why)
                 return
             response = protocol.accept(request)
             if response.status_code != 101:
                 # Not a valid WebSocket upgrade (RFC 6455 §4.2.1): 400, 405, 426...
+                _bad_handshake(
+                    config, tcp_stream, f"not a WebSocket upgrade (HTTP {response.status_code})"
+                )
                 slot.release()
                 protocol.send_response(response)
                 with trio.move_on_after(config.send_timeout_s):
@@ -1273,6 +1288,18 @@ async def _serve_connection(config: _ServerConfig, tcp_stream: trio.SocketStream
         logger.exception("websocket server: internal error on a connection")
     finally:
         await trio.aclose_forcefully(stream)
+
+
+def _bad_handshake(config: _ServerConfig, tcp_stream: trio.SocketStream, why: str) -> None:
+    host, port = _address(tcp_stream, peer=True)
+    peer = f"{host}:{port}"
+    if config.on_bad_handshake is None:
+        logger.debug("websocket handshake from %s failed: %s", peer, why)
+        return
+    try:
+        config.on_bad_handshake(peer, why)
+    except Exception:
+        logger.exception("on_bad_handshake failed")
 
 
 async def _run_handler(config: _ServerConfig, request: WebSocketRequest) -> None:
@@ -1314,6 +1341,7 @@ async def serve_websocket(
     reuse_port: bool = False,
     listeners: Sequence[trio.SocketListener] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    on_bad_handshake: Callable[[str, str], None] | None = None,
 ) -> NoReturn:
     """Serve WebSocket connections forever; ``await handler(request)`` for each.
 
@@ -1326,7 +1354,8 @@ async def serve_websocket(
     server. ``task_status.started`` reports the bound ``(host, port)`` list (bind port
     0 and read it back). ``listeners`` replaces ``host``/``port``/``reuse_port`` with
     listeners opened by the caller (the server owns and closes them); ``ssl_context``
-    serves ``wss://``.
+    serves ``wss://``. ``on_bad_handshake(peer, why)`` is called for every connection
+    that never becomes a WebSocket (garbage, slowloris, a plain HTTP request, 503 busy).
 
     A handshake slot is held until the handler answers, so handlers should decide
     promptly (route lookup, auth) and do their long work after ``accept()``.
@@ -1345,6 +1374,7 @@ async def serve_websocket(
         ping_timeout_s=ping_timeout_s,
         close_timeout_s=close_timeout_s,
         ssl_context=ssl_context,
+        on_bad_handshake=on_bad_handshake,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(

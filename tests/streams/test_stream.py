@@ -51,6 +51,9 @@ class Recorder:
     def stream_closed(self, stream: Stream) -> None:
         self.closed.append(stream.reason or "")
 
+    def stream_bad_input(self, stream: Stream, leg: str, kind: str, message: str) -> None:
+        self.events.append((trio.current_time(), "bad_input", {"leg": leg, "kind": kind}))
+
     def names(self) -> list[str]:
         return [name for _, name, _ in self.events]
 
