@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -70,10 +71,19 @@ CLOSE_BUDGET_S = 3.0
 #: little latency, large enough to absorb the ticker's 1 ms granularity.
 PHASE_MARGIN_S = 0.0015
 
-#: How long an empty slot waits for a streaming app's late frame (see ``on_tick``), and
-#: what counts as streaming: audio from the app within this long.
-GRACE_S = 0.004
+#: How long an empty slot of a streaming app holds (sends nothing) waiting for the late
+#: frame, and what counts as streaming: audio from the app within GRACE_STREAMING_S.
+#: Filling the slot with silence instead would make the late frame wait a whole ptime,
+#: and every frame after it: latency that only ever grows under load. A hold is a short
+#: gap in the packets, which the far side's jitter buffer and concealment absorb.
+GRACE_S = 0.06
 GRACE_STREAMING_S = 0.03
+
+#: Phase tracking of a real-time app stream: over windows of this many frames, if even
+#: the quickest frame waited more than PHASE_MARGIN_S + PHASE_SLACK_S, the grid moves
+#: earlier by the excess (see ``_track_phase``).
+PHASE_WINDOW_FRAMES = 10
+PHASE_SLACK_S = 0.002
 
 #: If the app sends no audio, the grid starts anyway (silence or hold to the caller)
 #: this long after the stream started; the app's first audio starts it earlier.
@@ -200,6 +210,15 @@ class Stream:
     _grace_open: bool = False
     _app_audio_at: float = -math.inf
     grace_sends: int = 0
+    catch_up_frames: int = 0
+    rephases: int = 0
+    _wait_n: int = 0
+    _wait_min: float = math.inf
+    # App audio bookkeeping for catch-up: (arrival time, bytes pushed up to then).
+    _arrivals: deque[tuple[float, int]] = attrs.field(factory=deque)
+    _pushed_bytes: int = 0
+    _popped_bytes: int = 0
+    _last_push_bytes: int = 0
     #: Marks forwarded to a carrier that has not echoed them yet.
     _carrier_marks: list[str] = attrs.field(factory=list)
     _awaiting_call: bool = False
@@ -454,6 +473,8 @@ class Stream:
         fb = frame_bytes(rate, s.ptime_ms)
         old = getattr(self, "_playout", None)
         self._playout = PlayoutBuffer(fb, s.ptime_ms)
+        self._popped_bytes = self._pushed_bytes  # the old queue's audio is gone
+        self._arrivals.clear()
         if old is not None:
             # A rate change mid-call (AudioSocket kind switch) is rare; carry the marks.
             for name in old.clear():
@@ -573,6 +594,9 @@ class Stream:
             self._playout.push(pcm)
             now = trio.current_time()
             self._app_audio_at = now
+            self._pushed_bytes += len(pcm)
+            self._arrivals.append((now, self._pushed_bytes))
+            self._last_push_bytes = len(pcm)
             if self._grace_open:
                 self._send_in_grace(now)
             elif not self._phased:
@@ -581,6 +605,8 @@ class Stream:
             self._playout.mark(event.name)
         elif type(event) is Clear:
             pending = self._playout.clear()
+            self._popped_bytes = self._pushed_bytes
+            self._arrivals.clear()
             if self.call.far_side_buffers:
                 self.call.send_event(Clear())
             for name in pending:
@@ -664,6 +690,7 @@ class Stream:
             return math.inf
         n = clock.due(now_s)
         call = self.call
+        waited = 0.0
         for i in range(n):
             # This slot's frame goes out below; mark it first, so that audio the poll
             # brings in (and an app answers at once) is phased after it, not before.
@@ -676,24 +703,73 @@ class Stream:
                 and self._playout.queued_ms <= 0
                 and now_s - self._app_audio_at < GRACE_STREAMING_S
             ):
-                # The app is streaming but this slot's frame is not here yet: give it
-                # GRACE_S. If it comes, it goes out on arrival and the grid follows it
-                # (one gap of 20+δ ms); if not, silence goes out at the end of the grace.
-                # Without this, a frame a millisecond late would wait a whole slot and
-                # every later frame with it, for the rest of the call.
+                # The app is streaming but this slot's frame is not here yet: hold the
+                # slot up to GRACE_S. If the frame comes it goes out on arrival and the
+                # grid follows it (one gap of 20+δ ms, never a cram); if not, silence
+                # resumes at the end of the hold. Without this, a frame a millisecond
+                # late would wait a whole slot, and every later frame with it.
                 self._grace_open = True
                 clock.rephase(now_s + GRACE_S)
                 break
             self._grace_open = False
-            self._send_frame()
+            waited = self._send_frame(now_s)
+        if n:
+            self._track_phase(waited)
+        if n and self._behind(waited):
+            # A real-time stream is a full slot behind (after a stall, frames came in a
+            # burst and the grid followed the late one): catch up by one frame in this
+            # slot. No audio is dropped; the far side's jitter buffer takes the early
+            # frame. Apps that queue audio on purpose (chunks, TTS) are never burst.
+            self.catch_up_frames += 1
+            self._send_frame(now_s)
         return clock.next_deadline_s
 
-    def _send_frame(self) -> None:
-        """Pop one frame (silence or hold when there is none) and send it to the caller."""
+    def _track_phase(self, waited_s: float) -> None:
+        """Re-align a real-time stream's grid when every frame of the last window waited
+        longer than the phase margin (the app's phase moved, or a stall left the grid
+        behind): shift the grid earlier by the smallest wait's excess. One gap to the
+        caller is shorter by that much; the far side's jitter buffer takes it."""
+        if waited_s <= 0.0 or self._last_push_bytes > len(self._silence):
+            self._wait_n = 0
+            self._wait_min = math.inf
+            return
+        if waited_s < self._wait_min:
+            self._wait_min = waited_s
+        self._wait_n += 1
+        if self._wait_n < PHASE_WINDOW_FRAMES:
+            return
+        excess = self._wait_min - PHASE_MARGIN_S
+        self._wait_n = 0
+        self._wait_min = math.inf
+        clock = self._clock
+        if clock is not None and excess > PHASE_SLACK_S:
+            clock.rephase(clock.next_deadline_s - excess)
+            self.rephases += 1
+            if self._tick is not None:
+                self._tick.reschedule(clock.next_deadline_s)
+
+    def _behind(self, waited_s: float) -> bool:
+        """The frame just sent waited a whole slot longer than it had to, the next one is
+        already here, and the app streams one frame per message (real time)."""
+        fb = len(self._silence)
+        if self._last_push_bytes > fb or self._pushed_bytes - self._popped_bytes < fb:
+            return False
+        return waited_s >= self.settings.ptime_ms / 1000.0 + PHASE_MARGIN_S
+
+    def _send_frame(self, now_s: float = 0.0) -> float:
+        """Pop one frame (silence or hold when there is none) and send it to the caller.
+        Returns how long that frame waited in the playout buffer (0 for filler)."""
         call = self.call
         playout = self._playout
+        arrivals = self._arrivals
+        waited = now_s - arrivals[0][0] if arrivals and now_s else 0.0
         pcm, marks = playout.pop()
-        if pcm is None:
+        if pcm is not None:
+            self._popped_bytes += len(pcm)
+            while arrivals and arrivals[0][1] <= self._popped_bytes:
+                arrivals.popleft()
+        else:
+            waited = 0.0
             if self._app is None and self._hold:
                 hold, pos = self._hold, self._hold_pos
                 fb = len(self._silence)
@@ -711,6 +787,7 @@ class Stream:
             self._app_event(Mark(name))
         if playout.take_drained():
             self._app_event(Drained())
+        return waited
 
     def _send_in_grace(self, now_s: float) -> None:
         """The awaited frame arrived inside its grace: send it now; the grid follows."""
