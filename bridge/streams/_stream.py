@@ -85,6 +85,12 @@ GRACE_STREAMING_S = 0.03
 PHASE_WINDOW_FRAMES = 10
 PHASE_SLACK_S = 0.002
 
+#: Catch-up and re-phasing apply only to an app streaming in real time: one frame per
+#: message and a queue that stayed at most this many frames deep over the last window of
+#: DEPTH_WINDOW_TICKS (a stall leaves 1-3 frames; a faster-than-real-time sender, many).
+REAL_TIME_MAX_FRAMES = 3
+DEPTH_WINDOW_TICKS = 50
+
 #: If the app sends no audio, the grid starts anyway (silence or hold to the caller)
 #: this long after the stream started; the app's first audio starts it earlier.
 START_GRID_AFTER_S = 0.1
@@ -212,6 +218,9 @@ class Stream:
     grace_sends: int = 0
     catch_up_frames: int = 0
     rephases: int = 0
+    _depth_max: int = 0
+    _depth_prev_max: int = 0
+    _depth_ticks: int = 0
     _wait_n: int = 0
     _wait_min: float = math.inf
     # App audio bookkeeping for catch-up: (arrival time, bytes pushed up to then).
@@ -691,6 +700,16 @@ class Stream:
         n = clock.due(now_s)
         call = self.call
         waited = 0.0
+        if n:
+            depth = self._pushed_bytes - self._popped_bytes
+            if depth > self._depth_max:
+                self._depth_max = depth
+            self._depth_ticks += 1
+            if self._depth_ticks >= DEPTH_WINDOW_TICKS:
+                # A new window starts with the last one's maximum, so a deep queue (an
+                # app sending faster than real time) keeps catch-up off for a window.
+                self._depth_prev_max, self._depth_max = self._depth_max, depth
+                self._depth_ticks = 0
         for i in range(n):
             # This slot's frame goes out below; mark it first, so that audio the poll
             # brings in (and an app answers at once) is phased after it, not before.
@@ -724,12 +743,30 @@ class Stream:
             self._send_frame(now_s)
         return clock.next_deadline_s
 
+    def _real_time(self) -> bool:
+        """The app streams in real time: one frame per message, and its queue has stayed
+        shallow (at most REAL_TIME_MAX_FRAMES) for the last window. An app sending
+        faster than real time (TTS, even frame by frame) queues on purpose: its audio
+        is paced at exactly one frame per slot, never caught up or re-phased."""
+        fb = len(self._silence)
+        limit = REAL_TIME_MAX_FRAMES * fb
+        return (
+            self._last_push_bytes <= fb
+            and self._depth_max <= limit
+            and self._depth_prev_max <= limit
+        )
+
     def _track_phase(self, waited_s: float) -> None:
         """Re-align a real-time stream's grid when every frame of the last window waited
         longer than the phase margin (the app's phase moved, or a stall left the grid
         behind): shift the grid earlier by the smallest wait's excess. One gap to the
         caller is shorter by that much; the far side's jitter buffer takes it."""
-        if waited_s <= 0.0 or self._last_push_bytes > len(self._silence):
+        if (
+            waited_s <= 0.0
+            or not self._real_time()
+            or self._pushed_bytes - self._popped_bytes >= len(self._silence)
+        ):
+            # Only a steady real-time stream whose queue empties every slot is re-phased.
             self._wait_n = 0
             self._wait_min = math.inf
             return
@@ -752,7 +789,7 @@ class Stream:
         """The frame just sent waited a whole slot longer than it had to, the next one is
         already here, and the app streams one frame per message (real time)."""
         fb = len(self._silence)
-        if self._last_push_bytes > fb or self._pushed_bytes - self._popped_bytes < fb:
+        if not self._real_time() or self._pushed_bytes - self._popped_bytes < fb:
             return False
         return waited_s >= self.settings.ptime_ms / 1000.0 + PHASE_MARGIN_S
 
