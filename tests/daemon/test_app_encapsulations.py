@@ -129,20 +129,24 @@ async def test_encapsulation_round_trip_through_the_daemon(
 
     (call,) = report.calls
     assert call.connected and call.hangup == "caller_hangup", (call.hangup, call.error)
-    assert call.frames_sent == FRAMES
+    # The generator sends FRAMES frames in a fixed time; on a starved machine its own
+    # clock may skip a slot (and so send fewer): that shortfall is the generator's, and
+    # everything below is checked against what it actually sent.
+    sent = call.frames_sent
+    assert sent + call.pacing_skipped == FRAMES and sent >= FRAMES - 3
     # Every frame came back, once, in order.
     assert (call.frames_echoed, call.lost, call.duplicates, call.out_of_order) == (
-        FRAMES,
+        sent,
         0,
         0,
         0,
     )
     # The app saw exactly the caller's frames, on one connection, without complaint.
-    assert echo.stats.frames == FRAMES
+    assert echo.stats.frames == sent
     assert (echo.stats.connections, echo.stats.protocol_errors) == (1, 0)
     assert record is not None
     assert record["encapsulation"] == enc and record["reason"] == "call_hangup"
-    assert record["frames_in"] == FRAMES and record["reconnects"] == 0
+    assert record["frames_in"] == sent and record["reconnects"] == 0
 
     # Sample by sample: each watermarked frame that came back is what was sent, after
     # the codec round trip the path implies.
@@ -155,8 +159,8 @@ async def test_encapsulation_round_trip_through_the_daemon(
         n = watermark.read(pcm)
         if n >= 0:
             back[n] = pcm
-    assert sorted(back) == list(range(FRAMES))
-    for n in range(FRAMES):
+    assert sorted(back) == list(range(sent))
+    for n in range(sent):
         want = expected_back(watermark.stamp(signal[n % len(signal)], n), path)
         if want is not None:
             assert back[n] == want, f"frame {n} changed on the {enc} path"
