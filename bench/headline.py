@@ -476,6 +476,7 @@ def run(
     margin_s: float = 2.5,
     plot: bool = True,
     save: bool = True,
+    name: str = "headline",
     pin: bool = True,
     quick: bool = False,
     verbose: bool = True,
@@ -546,9 +547,9 @@ def run(
         }
     )
     if save:
-        doc["json"] = str(P.save_json("headline.json", doc))
+        doc["json"] = str(P.save_json(f"{name}.json", doc))
         if plot:
-            doc["png"] = str(plot_results(doc, P.OUT / "headline.png"))
+            doc["png"] = str(plot_results(doc, P.OUT / f"{name}.png"))
     print_table(doc)
     return doc
 
@@ -883,6 +884,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=None, help="runs per N (default 2; quick 1)")
     parser.add_argument("--refine", type=int, default=None, help="bisection steps (default 2; quick 0)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--name", default="headline", help="results: bench/out/NAME.json and .png")
     parser.add_argument("--profile", type=int, metavar="N", help="profile bridge at N instead")
     parser.add_argument("--no-strace", action="store_true")
     parser.add_argument("--ab", metavar="SRC", help="A/B this bridge against the one in SRC")
@@ -910,6 +912,7 @@ def main() -> int:
         repeats=args.repeats or (1 if args.quick else 2),
         pin=not args.no_pin,
         quick=args.quick,
+        name=args.name,
     )
     with contextlib.suppress(KeyError):
         del doc["machine"]
