@@ -608,7 +608,7 @@ def plot_results(doc: dict[str, Any], path: Path) -> Path:
                  marker=marker, color=color, label=label)  # fmt: skip
         ax2.plot([p["n"] for p in pts], [p["rtt_p99_ms"] for p in pts],
                  marker=marker, color=color, label=f"{system} round trip p99")  # fmt: skip
-        ax2.plot([p["n"] for p in pts], [p["added_p99_ms"] for p in pts], marker=marker,
+        ax2.plot([p["n"] for p in pts], [max(0.2, p["added_p99_ms"] or 0.2) for p in pts], marker=marker,
                  color=color, linestyle="--", label=f"{system} added p99")  # fmt: skip
     direct = doc["direct"]
     ax2.plot([d["n"] for d in direct], [d["rtt_p99_ms"] for d in direct], marker=".",
@@ -622,7 +622,8 @@ def plot_results(doc: dict[str, Any], path: Path) -> Path:
     ax2.set_xlabel("concurrent calls (N)")
     ax2.set_ylabel("ms")
     ax2.set_title("round trip p99 and added latency p99")
-    ax2.set_yscale("symlog", linthresh=10)
+    ax2.set_yscale("log")
+    ax2.set_ylim(0.2, 1000)
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

@@ -195,6 +195,22 @@ class PacingClock:
             k -= 1
         return k
 
+    def take_early(self, now_s: float, early_s: float) -> bool:
+        """Account the next frame as sent now if its deadline is at most ``early_s`` away.
+
+        For a frame that is already here just before its slot (a real-time source whose
+        phase sits a little ahead of the grid): sending it on arrival saves it the wait
+        for the tick, and the grid is unchanged. Returns False, taking nothing, if the
+        slot is further away, or if the next slot is overdue (that is ``due``'s work:
+        catch-up and skipping).
+        """
+        deadline = self.origin_s + self.index * self.ptime_s
+        if not 0.0 <= deadline - now_s <= early_s:
+            return False
+        self.lateness.record(0.0)
+        self.index += 1
+        return True
+
     def due(self, now_s: float, available: int | None = None) -> int:
         """How many frames to send now; the caller sends exactly that many."""
         k = self.frame_at(now_s)

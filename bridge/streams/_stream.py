@@ -91,6 +91,14 @@ PHASE_SLACK_S = 0.002
 REAL_TIME_MAX_FRAMES = 3
 DEPTH_WINDOW_TICKS = 50
 
+#: A real-time app frame that arrives at most this long before its slot goes to the
+#: caller on arrival (the slot is used up; the grid does not move) rather than waiting
+#: for the tick. The grid sits a margin behind the app's phase so that arrival jitter
+#: does not make frames late; without this, every frame would also pay that margin and
+#: the ticker's quantum in latency. The caller sees a frame at most this much early,
+#: which the far side takes like any network jitter.
+SEND_EARLY_S = 0.005
+
 #: If the app sends no audio, the grid starts anyway (silence or hold to the caller)
 #: this long after the stream started; the app's first audio starts it earlier.
 START_GRID_AFTER_S = 0.1
@@ -218,6 +226,7 @@ class Stream:
     grace_sends: int = 0
     catch_up_frames: int = 0
     rephases: int = 0
+    early_sends: int = 0
     _depth_max: int = 0
     _depth_prev_max: int = 0
     _depth_ticks: int = 0
@@ -608,8 +617,10 @@ class Stream:
             self._last_push_bytes = len(pcm)
             if self._grace_open:
                 self._send_in_grace(now)
-            elif not self._phased:
-                self._phase_grid(now)
+            else:
+                if not self._phased:
+                    self._phase_grid(now)
+                self._send_early(now)
         elif type(event) is Mark:
             self._playout.mark(event.name)
         elif type(event) is Clear:
@@ -825,6 +836,29 @@ class Stream:
         if playout.take_drained():
             self._app_event(Drained())
         return waited
+
+    def _send_early(self, now_s: float) -> None:
+        """Send a real-time stream's frame on arrival if its slot is at most
+        SEND_EARLY_S away (see there). Only when this one whole frame is queued, the
+        last frame went out at least half a ptime ago (never a cram), and the far side
+        plays on arrival (a buffering carrier leg already runs ahead by its lead)."""
+        clock = self._clock
+        fb = len(self._silence)
+        if (
+            clock is None
+            or self.call.far_side_buffers
+            or not fb <= self._pushed_bytes - self._popped_bytes < 2 * fb
+            or now_s - self._last_sent_s < self.settings.ptime_ms / 2000.0
+            or not self._real_time()
+            or not clock.take_early(now_s, SEND_EARLY_S)
+        ):
+            return
+        # As on_tick does for its slot: the leg's clocked input (RTP) is polled once per
+        # slot, a little early here; the tick then finds this slot taken.
+        self._last_sent_s = now_s
+        self.call.poll(self, now_s)
+        self._send_frame()
+        self.early_sends += 1
 
     def _send_in_grace(self, now_s: float) -> None:
         """The awaited frame arrived inside its grace: send it now; the grid follows."""

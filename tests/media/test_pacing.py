@@ -132,6 +132,27 @@ def test_rephase_moves_the_grid() -> None:
     assert clock.next_deadline_s == pytest.approx(0.0712)
 
 
+def test_take_early_uses_up_the_next_slot_only_when_it_is_near() -> None:
+    clock = PacingClock(0.0)
+    assert clock.due(0.0) == 1  # frame 0; frame 1 is due at 0.02
+    assert not clock.take_early(0.010, 0.005)  # 10 ms ahead: too early
+    assert clock.take_early(0.016, 0.005)  # 4 ms ahead: taken
+    assert clock.index == 2
+    assert clock.next_deadline_s == pytest.approx(0.04)
+    assert clock.due(0.02) == 0  # the tick at frame 1's deadline finds it sent
+    assert clock.due(0.04) == 1  # and the grid did not move
+    assert clock.lateness.count == 3
+    assert clock.max_ms == 0.0
+
+
+def test_take_early_leaves_overdue_slots_to_due() -> None:
+    clock = PacingClock(0.0)
+    clock.due(0.0)
+    assert not clock.take_early(0.021, 0.005)  # frame 1 is overdue: catch-up is due()'s
+    assert clock.index == 1
+    assert clock.due(0.021) == 1
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="ptime_s"):
         PacingClock(0.0, ptime_s=0.0)

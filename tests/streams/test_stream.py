@@ -21,7 +21,7 @@ from bridge.streams import (
     StreamState,
     Ticker,
 )
-from bridge.streams._stream import GRACE_S
+from bridge.streams._stream import GRACE_S, PHASE_MARGIN_S
 
 from .fakes import FakeAppConnection, FakeCallLeg, ScriptedConnector
 
@@ -103,16 +103,19 @@ async def test_echo_plays_every_frame_back_paced(clock: trio.testing.MockClock) 
     assert numbers == list(range(100))  # every frame back once, in order
     times = [t for t, _ in call.sent]
     gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
-    # Paced on an exact 20 ms grid; the one exception is where the app stopped
-    # streaming: that slot waited its grace for a frame that never came.
+    # Paced on an exact 20 ms grid (each frame sent on arrival, PHASE_MARGIN_S before
+    # its slot); the one exception is where the app stopped streaming: the next slot
+    # waited its grace for a frame that never came.
     odd = [(i, g) for i, g in enumerate(gaps) if g != 0.02]
-    assert odd == [(odd[0][0], round(0.02 + GRACE_S, 6))] if odd else True, odd
+    assert odd == [(odd[0][0], round(0.02 + GRACE_S + PHASE_MARGIN_S, 6))] if odd else True, odd
     last_audio = max(i for i, (_, pcm) in enumerate(call.sent) if any(pcm))
     assert not odd or odd[0][0] == last_audio
     assert stream.reason == "call_hangup"
     assert rec.names() == ["StartStream", "StopStream"]
     assert rec.states == ["open", "streaming", "closing", "closed"]
     assert stream.lateness_ms()["max"] == 0.0
+    # Every frame but the first (which phased the grid) went out on arrival.
+    assert stream.early_sends >= 99
 
 
 async def test_grid_does_not_drift_in_one_simulated_hour(clock: trio.testing.MockClock) -> None:
