@@ -440,6 +440,10 @@ class Bridge(Proc):
     def streams_active(self) -> float | None:
         return metric(http_text(self.admin + "/metrics"), "bridge_streams_active")
 
+    def tasks(self) -> float | None:
+        """``bridge_tasks``: every Trio task alive in the daemon, counted at scrape."""
+        return metric(http_text(self.admin + "/metrics"), "bridge_tasks")
+
     def log_lines(self) -> list[dict[str, Any]]:
         out = []
         for raw in self.stderr().splitlines() + self.stdout().splitlines():

@@ -6,8 +6,9 @@ documentation teaches: one task per role, memory channels between them, and a pe
 idiomatic, and it gets the latency-sensitive details right the way bridge does, so that
 the comparison is about the cost of the shape, not about a handicap:
 
-* the return grid starts on the app's first frame (a frame waits ~0, not 0-20 ms);
-* a frame a little late for its tick gets a short grace and the grid follows it;
+* bridge's playout policy, the same constants: the return grid follows the app's phase,
+  a frame near its slot goes out on arrival, a streaming app's late frame is waited for
+  and the grid follows it, a stream a slot behind catches up (see ``pacer``);
 * TCP_NODELAY (Trio sets it on every socket stream), one ``send_all`` per frame;
 * the caller's audio is buffered (40 s, like bridge) while the app is slow.
 
@@ -19,7 +20,7 @@ Per call::
     handle_call ─┬─ call_reader   TCP receive -> parse AudioSocket -> uplink channel
                  ├─ app_writer    uplink channel -> ws.send_message
                  ├─ app_reader    ws.get_message -> 20 ms frames -> downlink channel
-                 └─ pacer         sleep_until(next 20 ms) -> downlink channel -> TCP send
+                 └─ pacer         downlink channel (or sleep_until the slot) -> TCP send
 
     python bench/baseline_bridge.py --listen 127.0.0.1:9092 --app ws://127.0.0.1:9000/
 
@@ -31,6 +32,7 @@ was behind its deadline), over every frame and per call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -45,7 +47,12 @@ import trio_websocket
 PTIME_S = 0.020
 FRAME_BYTES = 320  # 20 ms of 8 kHz PCM16
 SILENCE = bytes(FRAME_BYTES)
-GRACE_S = 0.004  # how long an empty tick waits for a frame that is just late
+PHASE_MARGIN_S = 0.0015  # the grid sits this long after the app's first frame
+SEND_EARLY_S = 0.005  # a frame this close to its slot goes out on arrival
+HOLD_S = 0.06  # how long an empty slot of a streaming app waits for its late frame
+STREAMING_S = 0.03  # "streaming": audio from the app within this long
+PHASE_WINDOW = 10  # frames per phase-tracking window
+PHASE_SLACK_S = 0.002  # tolerated extra wait before the grid moves earlier
 FIRST_AUDIO_WAIT_S = 0.1  # the grid starts anyway if the app stays silent
 UPLINK_FRAMES = 2000  # 40 s of caller audio held while the app is slow
 DOWNLINK_FRAMES = 250  # 5 s of the app's audio queued to the caller
@@ -171,7 +178,11 @@ async def app_writer(ws: trio_websocket.WebSocketConnection, uplink: trio.Memory
         await ws.send_message(pcm)
 
 
-async def app_reader(ws: trio_websocket.WebSocketConnection, downlink: trio.MemorySendChannel[bytes]) -> None:
+#: (arrival time, one 20 ms frame of the app's audio)
+Downlink = tuple[float, bytes]
+
+
+async def app_reader(ws: trio_websocket.WebSocketConnection, downlink: trio.MemorySendChannel[Downlink]) -> None:
     pending = b""
     async with downlink:
         while True:
@@ -179,31 +190,77 @@ async def app_reader(ws: trio_websocket.WebSocketConnection, downlink: trio.Memo
             if isinstance(message, str):
                 continue  # control (marks, ...): not used here
             pending += message
+            now = trio.current_time()
             while len(pending) >= FRAME_BYTES:
                 frame, pending = pending[:FRAME_BYTES], pending[FRAME_BYTES:]
-                await downlink.send(frame)
+                await downlink.send((now, frame))
 
 
-async def pacer(stream: trio.SocketStream, downlink: trio.MemoryReceiveChannel[bytes]) -> None:
+async def pacer(stream: trio.SocketStream, downlink: trio.MemoryReceiveChannel[Downlink]) -> None:
+    """bridge's playout policy (bridge/streams/_stream.py), as one task per call:
+
+    * the grid starts PHASE_MARGIN_S after the app's first frame;
+    * a frame that arrives at most SEND_EARLY_S before its slot goes out on arrival, an
+      earlier one waits for its slot;
+    * a streaming app's late frame is waited for (the slot holds up to HOLD_S) and the
+      grid follows it, instead of a silence frame and a permanent extra 20 ms;
+    * a real-time stream a whole slot behind catches up one extra frame per slot;
+    * over windows of PHASE_WINDOW frames that all waited longer than needed, the grid
+      moves earlier by the excess.
+    """
     lateness = CallLateness()
     try:
-        frame = SILENCE
+        arrived, frame = -math.inf, SILENCE
         with trio.move_on_after(FIRST_AUDIO_WAIT_S):
-            frame = await downlink.receive()
-        deadline = trio.current_time()
+            arrived, frame = await downlink.receive()
+        deadline = trio.current_time() + PHASE_MARGIN_S
+        last_audio = arrived
+        got: Downlink | None = (arrived, frame) if frame is not SILENCE else None
+        waits: list[float] = []
         while True:
-            await stream.send_all(AUDIO_HEADER + frame)
-            STATS.frames_out += 1
+            held = False
+            if got is None:
+                # Wake on the frame's arrival, or at the slot; a streaming app's slot
+                # holds for its late frame.
+                hold = HOLD_S if trio.current_time() - last_audio < STREAMING_S else 0.0
+                with trio.move_on_at(deadline + hold):
+                    got = await downlink.receive()
+                held = hold > 0.0 and trio.current_time() > deadline
+            now = trio.current_time()
+            if got is not None and now < deadline - SEND_EARLY_S:
+                await trio.sleep_until(deadline)  # too early: it waits for its slot
+                now = trio.current_time()
+            if held:
+                deadline = now  # the grid follows the hold (frame or, at its end, silence)
+            else:
+                lateness.record(now - deadline)
+            if got is None:
+                await stream.send_all(AUDIO_HEADER + SILENCE)
+                STATS.frames_out += 1
+            else:
+                arrived, frame = got
+                got = None
+                await stream.send_all(AUDIO_HEADER + frame)
+                STATS.frames_out += 1
+                last_audio = arrived
+                waited = now - arrived
+                if waited > PHASE_MARGIN_S:
+                    waits.append(waited)
+                    if len(waits) == PHASE_WINDOW:
+                        excess = min(waits) - PHASE_MARGIN_S
+                        if excess > PHASE_SLACK_S:
+                            deadline -= excess  # the grid is later than the app needs
+                        waits.clear()
+                else:
+                    waits.clear()
+                if waited >= PTIME_S + PHASE_MARGIN_S:
+                    # A real-time stream a whole slot behind (a burst after a stall):
+                    # catch up by sending the next frame now too, if it is here.
+                    with contextlib.suppress(trio.WouldBlock):
+                        last_audio, frame = downlink.receive_nowait()
+                        await stream.send_all(AUDIO_HEADER + frame)
+                        STATS.frames_out += 1
             deadline += PTIME_S
-            await trio.sleep_until(deadline)
-            lateness.record(trio.current_time() - deadline)
-            try:
-                frame = downlink.receive_nowait()
-            except trio.WouldBlock:
-                frame = SILENCE
-                with trio.move_on_after(GRACE_S):
-                    frame = await downlink.receive()
-                    deadline = trio.current_time()  # the grid follows a late frame
     finally:
         if sum(lateness.buckets):
             STATS.per_call.append((lateness.percentile(50), lateness.percentile(99)))
@@ -228,7 +285,7 @@ async def handle_call(stream: trio.SocketStream, app_url: str) -> None:
         ) as ws:
             await ws.send_message(json.dumps(start))
             up_send, up_recv = trio.open_memory_channel[bytes](UPLINK_FRAMES)
-            down_send, down_recv = trio.open_memory_channel[bytes](DOWNLINK_FRAMES)
+            down_send, down_recv = trio.open_memory_channel[Downlink](DOWNLINK_FRAMES)
             async with trio.open_nursery() as nursery:
 
                 async def role(fn, *args) -> None:  # type: ignore[no-untyped-def]

@@ -16,8 +16,8 @@ Every ``--sample`` seconds: bridge's RSS, open file descriptors and threads
   call, and after the last call ended (they must be back: fds to the idle count, streams 0);
 * every call ok and 0 frames lost, over all generators.
 
-Tasks: the admin API has no task count (see bench/README.md: a ``bridge_tasks`` gauge is
-proposed); the stream count and the fds are what an operator can see.
+and ``bridge_tasks`` (``/metrics``: every Trio task alive in the daemon, counted by
+walking the nursery tree at scrape time), which must come back to its idle value.
 
     .venv/bin/python bench/soak.py                      # 1 hour
     .venv/bin/python bench/soak.py --duration 60s       # a short one (CI, run_all --quick)
@@ -93,6 +93,7 @@ def run(*, duration_s: float = 3600.0, rate: float = 5.0, call_s: float = 10.0,
                     "threads": P.thread_count(br.pid),
                     "live": len(br.live_streams()),
                     "streams_active": br.streams_active(),
+                    "tasks": br.tasks(),
                 }
 
             t0 = time.monotonic()
@@ -120,7 +121,8 @@ def run(*, duration_s: float = 3600.0, rate: float = 5.0, call_s: float = 10.0,
                     samples.append(s)
                     next_sample += sample_s
                     if verbose and len(samples) % max(1, int(60 / sample_s)) == 0:
-                        log(f"  t={s['t']:>6}s rss {s['rss_mb']} MB fds {s['fds']} live {s['live']}")
+                        log(f"  t={s['t']:>6}s rss {s['rss_mb']} MB fds {s['fds']} live {s['live']} "
+                            f"tasks {s['tasks']}")  # fmt: skip
                 for g in list(gens):
                     if not g.alive():
                         reports.append(P.read_report(g)["summary"])
@@ -154,6 +156,8 @@ def run(*, duration_s: float = 3600.0, rate: float = 5.0, call_s: float = 10.0,
         "late": sum(r["late"] for r in reports),
         "fds_back": after["fds"] <= before["fds"],
         "streams_back": after["live"] == 0 and (after["streams_active"] or 0) == 0,
+        "tasks_max": max((s["tasks"] or 0 for s in samples), default=0),
+        "tasks_back": after["tasks"] is not None and after["tasks"] <= before["tasks"],
         "samples": samples,
     }
     if save:
@@ -172,6 +176,8 @@ def print_summary(doc: dict[str, Any]) -> None:
           f"threads {b['threads']} -> {a['threads']}; live streams {b['live']} -> {a['live']}; "
           f"bridge_streams_active {b['streams_active']} -> {a['streams_active']} "
           f"({'back to 0' if doc['streams_back'] else 'NOT 0'})")  # fmt: skip
+    print(f"tasks (bridge_tasks): idle {b['tasks']}, max {doc['tasks_max']}, after {a['tasks']} "
+          f"({'back' if doc['tasks_back'] else 'NOT back'})")  # fmt: skip
 
 
 def main() -> int:

@@ -859,6 +859,11 @@ class Stream:
         self.call.poll(self, now_s)
         self._send_frame()
         self.early_sends += 1
+        if self._tick is not None:
+            # The ticker need not call on_tick for the slot just used (it would find
+            # nothing due): its entry for that slot goes stale, and while frames keep
+            # arriving early the ticker does not wake for this stream at all.
+            self._tick.reschedule(clock.next_deadline_s)
 
     def _send_in_grace(self, now_s: float) -> None:
         """The awaited frame arrived inside its grace: send it now; the grid follows."""

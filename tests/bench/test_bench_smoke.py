@@ -66,7 +66,8 @@ def test_soak_returns_to_baseline() -> None:
                    warmup_s=0.0, pin=False, save=False, verbose=False)  # fmt: skip
     assert doc["calls"] == doc["calls_ok"] > 0
     assert doc["lost"] == 0
-    assert doc["fds_back"] and doc["streams_back"]
+    assert doc["fds_back"] and doc["streams_back"] and doc["tasks_back"]
+    assert doc["before"]["tasks"] > 0 and doc["tasks_max"] > doc["before"]["tasks"]
     assert doc["after"]["live"] == 0
     assert len(doc["samples"]) >= 3
 

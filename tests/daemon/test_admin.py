@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -15,12 +16,13 @@ import attrs
 import httpx
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge._errors import StreamRefused
 from bridge._version import __version__
 from bridge.daemon._admin import create_admin_app, serve_admin
-from bridge.daemon._metrics import Metrics, _ProcessCollector
+from bridge.daemon._metrics import Metrics, _ProcessCollector, trio_task_count
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -137,6 +139,19 @@ async def test_health_needs_no_token(client: httpx.AsyncClient) -> None:
         assert (await client.get(path)).status_code == 200
 
 
+async def test_task_count_walks_the_nursery_tree() -> None:
+    idle = trio_task_count()
+    assert idle >= 1
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(trio.sleep_forever)
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio_task_count() == idle + 5
+        nursery.cancel_scope.cancel()
+    assert trio_task_count() == idle
+    assert math.isnan(await trio.to_thread.run_sync(trio_task_count))  # outside a run
+
+
 async def test_metrics_exposition(client: httpx.AsyncClient, metrics: Metrics) -> None:
     metrics.stream_started("audiosocket", "agents")
     metrics.stream_ended("agents", "call_hangup")
@@ -153,6 +168,7 @@ async def test_metrics_exposition(client: httpx.AsyncClient, metrics: Metrics) -
     assert any(name.startswith("process_") for name in families)
     assert "process_resident_memory_bytes" in families
     assert "python_info" in families
+    assert families["bridge_tasks"].samples[0].value >= 1  # counted in this very run
     [info] = families["bridge_build_info"].samples
     assert info.labels["version"] == __version__
 
