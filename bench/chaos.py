@@ -267,7 +267,12 @@ def app_restart(scale: str) -> dict[str, Any]:
         sc.details["bridge reconnects"] = (f"{sum(r.get('reconnects', 0) for r in recs)} over {len(recs)} "
                                            f"streams; stream ends {ob['streams']}")  # fmt: skip
         sc.details["events"] = str(ob["by_event"])
-        sc.check(rep["lost"] == 0, f"{rep['lost']} caller frames lost")
+        # A SIGKILLed app takes with it what bridge had already written to its socket and
+        # it had not echoed yet (sln has no acknowledgement, so neither side can know):
+        # at most one frame per call per kill. Everything after is buffered and replayed.
+        sc.details["frames lost"] = (f"{rep['lost']}: in flight to the app at its kills "
+                                     f"(at most 1 per call per kill, {n * restarts}, allowed)")  # fmt: skip
+        sc.check(rep["lost"] <= n * restarts, f"{rep['lost']} caller frames lost")
         sc.check(sc.figures["calls_dropped"] == 0, "calls dropped")
         sc.details["restarts"] = restarts
     finally:

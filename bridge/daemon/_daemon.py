@@ -7,6 +7,7 @@
         ├── event dispatcher         status callbacks (httpx), stream records
         ├── signals + sd_notify      SIGTERM drain · SIGHUP reload · READY/WATCHDOG/STOPPING
         ├── ticker                   the one pacing clock of every stream
+        ├── poller                   one epoll wake-up reads every ready media socket
         └── streams nursery          one Stream per call
 
 ``Daemon`` is also the admin API's backend and every stream's observer (events,
@@ -40,6 +41,7 @@ from ..streams import (
     Ticker,
 )
 from ..streams._wsapp import WsAppConnector
+from ..transports import Poller, use_poller
 from ._admin import create_admin_app, serve_admin
 from ._config import AppConfig, Config, RouteConfig, StreamConfig, load_config, match_route
 from ._events import StreamEvent, StreamRecord
@@ -63,6 +65,8 @@ class Daemon:
     config_path: str | None = None
     metrics: Metrics = attrs.field(factory=Metrics)
     ticker: Ticker = attrs.field(factory=Ticker)
+    #: The read poller of this run's streams (``transports.Poller``), once running.
+    poller: Poller | None = attrs.field(init=False, default=None)
     manager: StreamManager = attrs.field(init=False)
     notifier: SdNotifier = attrs.field(factory=SdNotifier.from_environ)
     store: EventStore | None = None
@@ -109,6 +113,10 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self.ticker.serve)
+                # Every stream's readers, started from here down, read through it.
+                self.poller = Poller()
+                use_poller(self.poller)
+                nursery.start_soon(self.poller.serve)
                 await nursery.start(self.manager.serve)
                 await self._start_listeners(nursery)
                 self.listening = True

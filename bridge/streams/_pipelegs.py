@@ -14,6 +14,7 @@ import trio
 from .._errors import ConnectionClosed, TransportError
 from ..dialects import Event, Hangup, Message, Start, Stop
 from ._legs import Pipe, StreamSink
+from ._polled import poller_for, serve_polled
 
 __all__ = ["Dialect", "PipeAppConnection", "PipeCallLeg"]
 
@@ -102,11 +103,18 @@ class PipeCallLeg:
         receive = self.pipe.receive
         decode = self.dialect.receive
         on_event = sink.on_call_event
+        poller = poller_for(self.pipe)
+
+        def handle(message: Message) -> bool:
+            for event in decode(message):
+                on_event(event)
+            return False
+
         try:
             while True:
-                message = await receive()
-                for event in decode(message):
-                    on_event(event)
+                if poller is not None:
+                    await serve_polled(self.pipe, poller, handle)
+                handle(await receive())
         except ConnectionClosed:
             return "call_hangup"
 
@@ -149,13 +157,22 @@ class PipeAppConnection:
         receive = self.pipe.receive
         decode = self.dialect.receive
         on_event = sink.on_app_event
+        poller = poller_for(self.pipe)
+
+        def handle(message: Message) -> bool:
+            """True once the app has hung up."""
+            for event in decode(message):
+                on_event(event)
+                if type(event) is Hangup or type(event) is Stop:
+                    return True
+            return False
+
         try:
             while True:
-                message = await receive()
-                for event in decode(message):
-                    on_event(event)
-                    if type(event) is Hangup or type(event) is Stop:
-                        return
+                if poller is not None and await serve_polled(self.pipe, poller, handle):
+                    return
+                if handle(await receive()):
+                    return
         except ConnectionClosed as exc:
             # RFC 6455 §7.4.1: 1000 is a normal closure, the app's way of hanging up.
             # Everything else (1001 going away on a deploy, 1006 abnormal, 1011 error)

@@ -6,10 +6,12 @@
 * TCP: :func:`open_tcp_listener(s) <open_tcp_listeners>` with ``SO_REUSEPORT``,
   :func:`set_nodelay`, :func:`serve_tcp`.
 * UDP: :func:`open_udp_socket`, :class:`UdpPortPool` for RTP ports.
+* :class:`Poller`: one epoll for a process's media sockets (readers in poll mode).
 
 Errors are the ``TransportError`` family from :mod:`bridge._errors`.
 """
 
+from ._poller import Poller, PollRegistration, current_poller, use_poller
 from ._tcp import open_tcp_listener, open_tcp_listeners, serve_tcp, set_nodelay
 from ._udp import UdpPortPool, open_udp_socket
 from ._websocket import (
@@ -22,9 +24,12 @@ from ._websocket import (
 
 __all__ = [
     "HeadersLike",
+    "PollRegistration",
+    "Poller",
     "UdpPortPool",
     "WebSocketConnection",
     "WebSocketRequest",
+    "current_poller",
     "open_tcp_listener",
     "open_tcp_listeners",
     "open_udp_socket",
@@ -32,4 +37,5 @@ __all__ = [
     "serve_tcp",
     "serve_websocket",
     "set_nodelay",
+    "use_poller",
 ]

@@ -121,6 +121,9 @@ class TcpPipe:
     writer: NowaitWriter = attrs.field(init=False)
     _fd: int = attrs.field(init=False)
     _closed: bool = False
+    #: Set by a reader in poll mode (``read_ready``): called when the pipe closes, so
+    #: that a reader waiting on the poller and not on the fd hears of it.
+    poll_wake: Callable[[], None] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._fd = self.stream.socket.fileno()
@@ -163,6 +166,26 @@ class TcpPipe:
                 raise ConnectionClosed(None, "EOF")
             return data
 
+    def fileno(self) -> int:
+        """The socket's fd, for a read poller (-1 once closed)."""
+        return -1 if self._closed else self._fd
+
+    def read_ready(self) -> list[bytes] | None:
+        """Poll mode (see ``transports.Poller``): one non-blocking read. The chunk read
+        (``[]`` if nothing was there), or None when ``receive()`` must take over: EOF,
+        an error, or closed. EOF and resets are sticky, so ``receive()`` sees them too."""
+        if self._closed:
+            return None
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return []
+        except OSError:
+            return None
+        if not data:
+            return None
+        return [data]
+
     async def serve_writer(self, on_drained: Callable[[], None] | None = None) -> None:
         await self.writer.serve_writer(on_drained)
 
@@ -176,5 +199,7 @@ class TcpPipe:
         self._closed = True
         self.writer.closed = True
         self.writer._wake.set()
+        if self.poll_wake is not None:
+            self.poll_wake()
         with trio.CancelScope(shield=True):
             await self.stream.aclose()

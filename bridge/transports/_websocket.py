@@ -220,6 +220,9 @@ class WebSocketConnection:
     _abort_code: int | None = attrs.field(init=False, default=None)
     _abort_reason: str = attrs.field(init=False, default="")
     _too_big_reported: bool = attrs.field(init=False, default=False)
+    #: Set by a reader in poll mode (``read_ready``): called when the connection
+    #: closes, so that a reader waiting on the poller and not on the fd hears of it.
+    poll_wake: Callable[[], None] | None = attrs.field(init=False, default=None)
     # Keepalive.
     _ping_payload: bytes | None = attrs.field(init=False, default=None)
     _pong_received: trio.Event | None = attrs.field(init=False, default=None)
@@ -536,6 +539,59 @@ class WebSocketConnection:
             except BlockingIOError:
                 continue
 
+    def fileno(self) -> int:
+        """The socket's fd, for a read poller (-1 for TLS, or once closed)."""
+        return -1 if self._stream_closed else self._fd
+
+    def read_ready(self) -> list[bytes | str] | None:
+        """Poll mode (see ``transports.Poller``): one non-blocking read, parsed.
+
+        Returns the complete messages it finished (``[]`` if there was nothing to
+        read), answering pings on the way exactly as ``receive()`` does. Returns None
+        whenever ``receive()`` must take over: messages already queued, another task
+        reading, EOF, an error, a close frame, closing, an oversize message. Nothing is
+        lost either way: what was read stays queued for ``receive()``.
+        """
+        protocol = self._protocol
+        if (
+            self._messages
+            or self._reading
+            or self._local_close
+            or self._stream_closed
+            or self._fd < 0
+            or protocol.state is not _OPEN
+        ):
+            return None
+        try:
+            data = os.read(self._fd, RECEIVE_BYTES)
+        except BlockingIOError:
+            return []
+        except OSError:
+            return None  # a reset: the next read sees EOF, and receive() reports it
+        if not data:
+            return None  # EOF is sticky: receive() reads it again and closes
+        protocol.receive_data(data)
+        self._process_events(protocol.events_received())
+        writes = protocol.data_to_send()
+        if writes:
+            # A pong (RFC 6455 §5.5.2) or a close reply: written now without blocking,
+            # as the reader's _flush(wait=False) does; if a flush is under way, that
+            # task drains these before it lets go.
+            self._pending_writes.extend(writes)
+            if not self._flushing and not self._stream_closed:
+                try:
+                    self._write_nowait()
+                except OSError as exc:
+                    self._fail_now(f"connection lost: {exc}")
+        if self._stream_closed or protocol.state is not _OPEN:
+            return None
+        messages = self._messages
+        if not messages:
+            return []
+        out = list(messages)
+        messages.clear()
+        return out
+
     async def _read_once(self) -> None:
         """One socket read: parse, queue messages, answer control frames."""
         self._reading = True
@@ -713,6 +769,8 @@ class WebSocketConnection:
         self._pending_writes = []
         self._release_flush()
         self._backlog_ready.set()  # serve_writer() ends
+        if self.poll_wake is not None:
+            self.poll_wake()
         return clean
 
     def _fail_now(self, reason: str) -> None:

@@ -107,8 +107,12 @@ async def test_app_killed_and_restarted_every_frame_once_in_order(
             await nursery.start(second.run)
             await wait_until(lambda: len(first.frames()) + len(second.frames()) >= 250, 15)
             live = daemon.live_streams()
+            # Both legs are read in poll mode, through the restart.
+            assert daemon.poller is not None and daemon.poller.registered == 2
+            assert daemon.poller.dispatched >= 250
             await caller.aclose()
             await wait_until(lambda: daemon.manager.live_count == 0)
+            assert daemon.poller.registered == 0
             second.kill()
             nursery.cancel_scope.cancel()
     got = [f - 1 for f in first.frames() + second.frames()]

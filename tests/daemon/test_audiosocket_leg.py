@@ -30,6 +30,9 @@ async def test_echo_round_trip_paced_and_complete(daemon_factory: Any, tmp_path:
             await trio.sleep(0.3)
             live = daemon.live_streams()
             assert len(live) == 1 and live[0]["state"] == "streaming"
+            # The call leg was read in poll mode: one poller wake-up per frame or fewer.
+            assert daemon.poller is not None and daemon.poller.registered == 1
+            assert daemon.poller.dispatched >= 50
             await caller.aclose()
         # The stream ends with call_hangup and leaves a record.
         with trio.fail_after(5):
@@ -43,6 +46,7 @@ async def test_echo_round_trip_paced_and_complete(daemon_factory: Any, tmp_path:
     assert record["frames_in"] == 100
     echoed = [struct.unpack_from("<h", pcm)[0] - 1 for _, pcm in caller.received if any(pcm)]
     assert echoed == list(range(100))  # every frame back, once, in order, sample-exact
+    assert daemon.poller.registered == 0  # the stream's registration ended with it
     times = [t for t, pcm in caller.received]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     gaps.sort()
