@@ -276,6 +276,9 @@ class DaemonConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     log_format: LogFormat = "json"
     drain_timeout: Duration = "30s"
     max_streams: int = 1000
+    #: Read every stream's sockets through one epoll wake-up (``transports.Poller``);
+    #: false gives each leg its own reader task, as before (a fallback, not a tuning knob).
+    read_poller: bool = True
 
     _CHECKS = {"drain_timeout": _duration(), "max_streams": _int_range(1, 1_000_000)}
 

@@ -113,10 +113,11 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self.ticker.serve)
-                # Every stream's readers, started from here down, read through it.
-                self.poller = Poller()
-                use_poller(self.poller)
-                nursery.start_soon(self.poller.serve)
+                if cfg.daemon.read_poller:
+                    # Every stream's readers, started from here down, read through it.
+                    self.poller = Poller()
+                    use_poller(self.poller)
+                    nursery.start_soon(self.poller.serve)
                 await nursery.start(self.manager.serve)
                 await self._start_listeners(nursery)
                 self.listening = True

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
 from .asclient import AudioSocketCaller
@@ -52,6 +53,29 @@ async def test_echo_round_trip_paced_and_complete(daemon_factory: Any, tmp_path:
     gaps.sort()
     # Paced: the median gap is the ptime (arrival jitter on a loaded 2-core VM aside).
     assert abs(gaps[len(gaps) // 2] - 0.02) < 0.003
+
+
+async def test_read_poller_off_reads_with_a_task_per_leg(daemon_factory: Any, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config = msgspec.structs.replace(
+        config, daemon=msgspec.structs.replace(config.daemon, read_poller=False)
+    )
+    with trio.fail_after(15):
+        daemon = await daemon_factory(config)
+        assert daemon.poller is None
+        caller = await AudioSocketCaller.connect(*daemon.bound["audiosocket"])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller.receive_forever)
+            for n in range(50):
+                await caller.send_frame(numbered(n))
+                await trio.sleep(0.02)
+            await trio.sleep(0.3)
+            await caller.aclose()
+        with trio.fail_after(5):
+            while daemon.manager.live_count:
+                await trio.sleep(0.01)
+    echoed = [struct.unpack_from("<h", pcm)[0] - 1 for _, pcm in caller.received if any(pcm)]
+    assert echoed == list(range(50))
 
 
 async def test_first_frame_timeout_and_garbage_do_not_disturb(daemon_factory: Any, tmp_path: Path) -> None:
