@@ -861,8 +861,8 @@ class Stream:
         self.early_sends += 1
         if self._tick is not None:
             # The ticker need not call on_tick for the slot just used (it would find
-            # nothing due): its entry for that slot goes stale, and while frames keep
-            # arriving early the ticker does not wake for this stream at all.
+            # nothing due): its entry for that slot goes stale and is skipped with a
+            # heap pop, and the next one is for the next slot.
             self._tick.reschedule(clock.next_deadline_s)
 
     def _send_in_grace(self, now_s: float) -> None:
