@@ -21,7 +21,7 @@ from bridge.streams import (
     StreamState,
     Ticker,
 )
-from bridge.streams._stream import GRACE_S, PHASE_MARGIN_S
+from bridge.streams._stream import GRACE_S, PHASE_MARGIN_S, SEND_EARLY_S
 
 from .fakes import FakeAppConnection, FakeCallLeg, ScriptedConnector
 
@@ -431,3 +431,41 @@ async def test_faster_than_real_time_frames_are_paced_not_caught_up(
     gaps = {round(b[0] - a[0], 6) for a, b in itertools.pairwise(played)}
     assert gaps == {0.02}
     assert stream.catch_up_frames == 0 and stream.rephases == 0
+
+
+async def test_early_send_window_and_phase_shift_earlier(clock: trio.testing.MockClock) -> None:
+    """A real-time app goes out on arrival. When its phase jumps 8 ms earlier (more than
+    SEND_EARLY_S before its slot) the frames wait for their slots, one per slot, until the
+    grid re-phases; then they go out on arrival again."""
+    call = FakeCallLeg()
+    conn = FakeAppConnection()
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(nursery, call, ScriptedConnector([conn]))
+        await trio.sleep(0.1)
+        t0 = trio.current_time()
+        sent_at: dict[int, float] = {}
+        for k in range(100):
+            shift = 0.008 if k >= 40 else 0.0
+            await trio.sleep_until(t0 + 0.02 * k - shift)
+            sent_at[k] = trio.current_time()
+            conn.feed(Audio(Frame(numbered_frame(k), 8000)))
+        await trio.sleep(0.3)
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    played = {frame_number(p): t for t, p in call.sent if any(p)}
+    assert sorted(played) == list(range(100))
+    wait_ms = [round((played[k] - sent_at[k]) * 1000, 3) for k in range(100)]
+    # On arrival, once the grid has phased to the app (its first frame can wait a slot:
+    # the grid was already sending silence, and frames never go closer than half a ptime).
+    assert all(w == 0.0 for w in wait_ms[3:40]), wait_ms[:40]
+    # 8 ms early is outside the 5 ms window: those frames wait for their slots...
+    assert all(w > SEND_EARLY_S * 1000 for w in wait_ms[40:45]), wait_ms[40:50]
+    # ...until a window of PHASE_WINDOW_FRAMES waits moves the grid earlier.
+    assert stream.rephases >= 1
+    assert all(w == 0.0 for w in wait_ms[60:]), wait_ms[60:]
+    times = sorted(played.values())
+    gaps = [round((b - a) * 1000, 3) for a, b in itertools.pairwise(times)]
+    # The phase jump and the re-phasing never put two frames closer than half a ptime.
+    # (At the start the app's second frame can be caught up in the first one's slot.)
+    assert min(gaps[2:]) > 9.9, gaps
