@@ -310,6 +310,7 @@ class Daemon:
             listener=listener,
             encapsulation=route.app.encapsulation,
             observer=self,
+            lateness_total=self.metrics.lateness_total,
         )
         self._routes_by_stream[stream_id] = route
         self.manager.start(stream)

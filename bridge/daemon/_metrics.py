@@ -34,9 +34,12 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from bridge._version import __version__
+from bridge.media import LatenessHistogram
 
 __all__ = ["Direction", "Metrics"]
 
@@ -86,7 +89,9 @@ class Metrics:
     app_connect_failures: Counter = attrs.field(init=False)
     frames: Counter = attrs.field(init=False)
     frames_concealed: Counter = attrs.field(init=False)
-    pacing_lateness: Histogram = attrs.field(init=False)
+    #: Every stream's paced-frame lateness, recorded by the streams' own clocks
+    #: (``Stream.lateness_total``): exported as ``bridge_pacing_lateness_seconds``.
+    lateness_total: LatenessHistogram = attrs.field(init=False)
     uplink_buffer_fill: Histogram = attrs.field(init=False)
     ticker_lag: Histogram = attrs.field(init=False)
     draining: Gauge = attrs.field(init=False)
@@ -154,11 +159,14 @@ class Metrics:
             "Call-leg frames replaced by concealment (lost or late).",
             registry=r,
         )
-        self.pacing_lateness = Histogram(
-            "bridge_pacing_lateness_seconds",
-            "Lateness of paced frames behind their absolute deadline.",
-            buckets=PACING_BUCKETS,
-            registry=r,
+        self.lateness_total = LatenessHistogram()
+        r.register(
+            _LatenessCollector(
+                self.lateness_total,
+                "bridge_pacing_lateness_seconds",
+                "Lateness of paced frames behind their absolute deadline (0.1 ms resolution).",
+                PACING_BUCKETS,
+            )
         )
         self.uplink_buffer_fill = Histogram(
             "bridge_uplink_buffer_fill_ratio",
@@ -225,6 +233,29 @@ class Metrics:
         """
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+
+class _LatenessCollector(Collector):
+    """A Prometheus histogram read at scrape time from a ``LatenessHistogram`` that the
+    streams record into directly: no prometheus call on the per-frame path."""
+
+    def __init__(
+        self, source: LatenessHistogram, name: str, doc: str, edges_s: tuple[float, ...]
+    ) -> None:
+        self._source = source
+        self._name = name
+        self._doc = doc
+        self._edges_s = edges_s
+        self._edges_ms = tuple(e * 1000.0 for e in edges_s)
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        source = self._source
+        cumulative = source.cumulative(self._edges_ms)
+        buckets = [(repr(e), float(n)) for e, n in zip(self._edges_s, cumulative, strict=True)]
+        buckets.append(("+Inf", float(source.count)))
+        yield HistogramMetricFamily(
+            self._name, self._doc, buckets=buckets, sum_value=source.total_ms / 1000.0
+        )
 
 
 def trio_task_count() -> float:

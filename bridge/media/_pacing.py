@@ -29,6 +29,9 @@ class LatenessHistogram:
 
     bucket_ms: float = 0.1
     limit_ms: float = 50.0
+    #: Every observation is also recorded here (a process-wide total for metrics, with
+    #: the same buckets): O(1) more per record, and nothing to fold at scrape time.
+    parent: LatenessHistogram | None = None
     count: int = attrs.field(default=0, init=False)
     max_ms: float = attrs.field(default=0.0, init=False)
     total_ms: float = attrs.field(default=0.0, init=False)
@@ -57,6 +60,30 @@ class LatenessHistogram:
         self.total_ms += ms
         if ms > self.max_ms:
             self.max_ms = ms
+        parent = self.parent
+        if parent is not None:
+            parent._counts[i] += 1
+            parent.count += 1
+            parent.total_ms += ms
+            if ms > parent.max_ms:
+                parent.max_ms = ms
+
+    def attach(self, parent: LatenessHistogram) -> None:
+        """Also record every later observation into ``parent`` (same buckets)."""
+        if parent.bucket_ms != self.bucket_ms or parent.limit_ms != self.limit_ms:
+            raise ValueError("a parent histogram needs the same buckets")
+        self.parent = parent
+
+    def cumulative(self, edges_ms: tuple[float, ...]) -> list[int]:
+        """Observations at or below each edge (Prometheus ``le`` buckets), at bucket
+        resolution: bucket ``i`` holds [i, i+1) * bucket_ms and counts toward an edge
+        when its lower end is below the edge."""
+        out = []
+        counts = self._counts
+        for edge in edges_ms:
+            n = min(math.ceil(edge * self._per_ms - 1e-9), self._overflow)
+            out.append(sum(counts[:n]))
+        return out
 
     @property
     def mean_ms(self) -> float:

@@ -51,7 +51,7 @@ from ..dialects import (
     StatsRequest,
     Stop,
 )
-from ..media import PacingClock, PlayoutBuffer, Resampler, frame_bytes
+from ..media import LatenessHistogram, PacingClock, PlayoutBuffer, Resampler, frame_bytes
 from ._legs import AppConnection, AppConnector, CallLeg
 from ._ticker import Ticker, TickHandle
 from ._uplink import UplinkBuffer
@@ -177,6 +177,9 @@ class Stream:
     listener: str = ""
     encapsulation: str = "sln"
     observer: StreamObserver = attrs.field(factory=_NullObserver)
+    #: Every paced frame's lateness is also recorded here (the daemon's process-wide
+    #: ``bridge_pacing_lateness_seconds``).
+    lateness_total: LatenessHistogram | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     state: StreamState = StreamState.CONNECTING
@@ -668,6 +671,8 @@ class Stream:
             max_catch_up=s.max_catch_up_frames,
             lead_frames=s.send_ahead_frames if self.call.far_side_buffers else 0,
         )
+        if self.lateness_total is not None:
+            self._clock.lateness.attach(self.lateness_total)
         if self._tick is not None:
             self._tick.reschedule(self._clock.next_deadline_s)
 

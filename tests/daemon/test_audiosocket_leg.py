@@ -48,6 +48,8 @@ async def test_echo_round_trip_paced_and_complete(daemon_factory: Any, tmp_path:
     echoed = [struct.unpack_from("<h", pcm)[0] - 1 for _, pcm in caller.received if any(pcm)]
     assert echoed == list(range(100))  # every frame back, once, in order, sample-exact
     assert daemon.poller.registered == 0  # the stream's registration ended with it
+    # Its paced frames are in the process-wide lateness histogram (/metrics).
+    assert daemon.metrics.lateness_total.count >= 100
     times = [t for t, pcm in caller.received]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     gaps.sort()

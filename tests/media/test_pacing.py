@@ -221,3 +221,23 @@ def test_rephase_with_a_lead_sets_the_next_send_time() -> None:
     assert clock.next_deadline_s == pytest.approx(0.0305)
     assert clock.due(0.03) == 0
     assert clock.due(0.0305) == 1
+
+
+def test_parent_histogram_collects_every_child_and_cumulates_by_edge() -> None:
+    total = LatenessHistogram()
+    a, b = LatenessHistogram(), LatenessHistogram()
+    a.attach(total)
+    b.attach(total)
+    for ms in (0.0, 0.3, 0.7):
+        a.record(ms / 1000)
+    for ms in (1.5, 4.0, 80.0):
+        b.record(ms / 1000)
+    assert (a.count, b.count, total.count) == (3, 3, 6)
+    assert total.max_ms == 80.0
+    assert total.total_ms == pytest.approx(0.0 + 0.3 + 0.7 + 1.5 + 4.0 + 80.0)
+    # le 0.5 ms: 0.0, 0.3; le 1 ms: + 0.7; le 2: + 1.5; le 5: + 4.0; le 50: same.
+    assert total.cumulative((0.5, 1.0, 2.0, 5.0, 50.0)) == [2, 3, 4, 5, 5]
+    assert a.percentile(100) == 0.7  # each child keeps its own figures
+    with pytest.raises(ValueError):
+        LatenessHistogram(bucket_ms=1.0).attach(total)
+
