@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 import trio
 
 from .asclient import AudioSocketCaller
@@ -18,9 +19,16 @@ def numbered(n: int) -> bytes:
     return struct.pack("<h", n + 1) * 160
 
 
-async def test_echo_round_trip_paced_and_complete(daemon_factory: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_poller", [True, False], ids=["poller", "reader-tasks"])
+async def test_echo_round_trip_paced_and_complete(
+    daemon_factory: Any, tmp_path: Path, read_poller: bool
+) -> None:
+    config = make_config(tmp_path)
+    config = msgspec.structs.replace(
+        config, daemon=msgspec.structs.replace(config.daemon, read_poller=read_poller)
+    )
     with trio.fail_after(15):
-        daemon = await daemon_factory(make_config(tmp_path))
+        daemon = await daemon_factory(config)
         host, port = daemon.bound["audiosocket"]
         caller = await AudioSocketCaller.connect(host, port)
         async with trio.open_nursery() as nursery:
@@ -31,9 +39,12 @@ async def test_echo_round_trip_paced_and_complete(daemon_factory: Any, tmp_path:
             await trio.sleep(0.3)
             live = daemon.live_streams()
             assert len(live) == 1 and live[0]["state"] == "streaming"
-            # The call leg was read in poll mode: one poller wake-up per frame or fewer.
-            assert daemon.poller is not None and daemon.poller.registered == 1
-            assert daemon.poller.dispatched >= 50
+            if read_poller:
+                # The call leg is read in poll mode: one poller wake-up per frame or fewer.
+                assert daemon.poller is not None and daemon.poller.registered == 1
+                assert daemon.poller.dispatched >= 50
+            else:
+                assert daemon.poller is None  # a reader task per leg, as before
             await caller.aclose()
         # The stream ends with call_hangup and leaves a record.
         with trio.fail_after(5):
@@ -47,7 +58,8 @@ async def test_echo_round_trip_paced_and_complete(daemon_factory: Any, tmp_path:
     assert record["frames_in"] == 100
     echoed = [struct.unpack_from("<h", pcm)[0] - 1 for _, pcm in caller.received if any(pcm)]
     assert echoed == list(range(100))  # every frame back, once, in order, sample-exact
-    assert daemon.poller.registered == 0  # the stream's registration ended with it
+    if daemon.poller is not None:
+        assert daemon.poller.registered == 0  # the stream's registration ended with it
     # Its paced frames are in the process-wide lateness histogram (/metrics).
     assert daemon.metrics.lateness_total.count >= 100
     times = [t for t, pcm in caller.received]
@@ -55,29 +67,6 @@ async def test_echo_round_trip_paced_and_complete(daemon_factory: Any, tmp_path:
     gaps.sort()
     # Paced: the median gap is the ptime (arrival jitter on a loaded 2-core VM aside).
     assert abs(gaps[len(gaps) // 2] - 0.02) < 0.003
-
-
-async def test_read_poller_off_reads_with_a_task_per_leg(daemon_factory: Any, tmp_path: Path) -> None:
-    config = make_config(tmp_path)
-    config = msgspec.structs.replace(
-        config, daemon=msgspec.structs.replace(config.daemon, read_poller=False)
-    )
-    with trio.fail_after(15):
-        daemon = await daemon_factory(config)
-        assert daemon.poller is None
-        caller = await AudioSocketCaller.connect(*daemon.bound["audiosocket"])
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(caller.receive_forever)
-            for n in range(50):
-                await caller.send_frame(numbered(n))
-                await trio.sleep(0.02)
-            await trio.sleep(0.3)
-            await caller.aclose()
-        with trio.fail_after(5):
-            while daemon.manager.live_count:
-                await trio.sleep(0.01)
-    echoed = [struct.unpack_from("<h", pcm)[0] - 1 for _, pcm in caller.received if any(pcm)]
-    assert echoed == list(range(50))
 
 
 async def test_first_frame_timeout_and_garbage_do_not_disturb(daemon_factory: Any, tmp_path: Path) -> None:

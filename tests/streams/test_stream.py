@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -374,6 +375,20 @@ async def test_hold_audio_plays_while_the_app_is_away(clock: trio.testing.MockCl
 
 
 
+async def feed_app_frames(
+    conn: FakeAppConnection, frames: int, offset_s: Callable[[int], float]
+) -> dict[int, float]:
+    """Frame k of a real-time app arrives at t0 + 20 ms * k + offset_s(k); returns the
+    arrival times."""
+    t0 = trio.current_time()
+    arrived: dict[int, float] = {}
+    for k in range(frames):
+        await trio.sleep_until(t0 + 0.02 * k + offset_s(k))
+        arrived[k] = trio.current_time()
+        conn.feed(Audio(Frame(numbered_frame(k), 8000)))
+    return arrived
+
+
 async def test_late_frames_never_ratchet_latency(clock: trio.testing.MockClock) -> None:
     """An app whose frames are sometimes late by more than a slot: each late frame goes
     out when it arrives, and the latency returns to the phased one right after."""
@@ -382,13 +397,12 @@ async def test_late_frames_never_ratchet_latency(clock: trio.testing.MockClock) 
     async with trio.open_nursery() as nursery:
         stream, _, _ = await run_stream(nursery, call, ScriptedConnector([conn]))
         await trio.sleep(0.1)
-        t0 = trio.current_time()
-        sent_at: dict[int, float] = {}
-        for k in range(150):
-            late = 0.035 if k % 30 == 29 else 0.0  # every 30th frame is 35 ms late
-            await trio.sleep_until(t0 + 0.02 * k + late)
-            sent_at[k] = trio.current_time() - late
-            conn.feed(Audio(Frame(numbered_frame(k), 8000)))
+
+        def late_s(k: int) -> float:
+            return 0.035 if k % 30 == 29 else 0.0  # every 30th frame is 35 ms late
+
+        arrived = await feed_app_frames(conn, 150, late_s)
+        sent_at = {k: t - late_s(k) for k, t in arrived.items()}  # when it was due
         await trio.sleep(0.3)
         call.hang_up()
         await stream.closed_event.wait()
@@ -442,13 +456,7 @@ async def test_early_send_window_and_phase_shift_earlier(clock: trio.testing.Moc
     async with trio.open_nursery() as nursery:
         stream, _, _ = await run_stream(nursery, call, ScriptedConnector([conn]))
         await trio.sleep(0.1)
-        t0 = trio.current_time()
-        sent_at: dict[int, float] = {}
-        for k in range(100):
-            shift = 0.008 if k >= 40 else 0.0
-            await trio.sleep_until(t0 + 0.02 * k - shift)
-            sent_at[k] = trio.current_time()
-            conn.feed(Audio(Frame(numbered_frame(k), 8000)))
+        sent_at = await feed_app_frames(conn, 100, lambda k: -0.008 if k >= 40 else 0.0)
         await trio.sleep(0.3)
         call.hang_up()
         await stream.closed_event.wait()

@@ -240,6 +240,7 @@ async def test_websocket_poll_mode_against_trio_websocket(
                     if not await serve_polled(conn, poller, handle):
                         polled += 1
                     handle(await conn.receive())
+    assert polled >= 1  # the close frame went back to receive()
     assert pong_ok.is_set()
     assert got == [b"frame %d" % i for i in range(50)] + ["last"]
     assert info.value.code == 1000
