@@ -25,7 +25,6 @@ import os
 import sys
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -61,8 +60,13 @@ async def open_idle(
 
 
 class Slowloris:
-    """``idle`` connections from ``source``; every one the server closes is replaced,
-    at most ``renew_per_s`` a second (the oldest goes when none was closed)."""
+    """Keeps ``idle`` connections from ``source`` open, topping up at most
+    ``renew_per_s`` a second. A connection the server closes after holding it for
+    ``HELD_S`` or more had a pending slot until its handshake timeout ran out: it is
+    replaced at once, so the slot it freed goes straight back to the attacker (that is
+    how 13 renewals a second keep 64 slots with a 5 s timeout full)."""
+
+    HELD_S = 0.5
 
     def __init__(self, source: str, host: str, port: int, *, idle: int, renew_per_s: float,
                  payloads: tuple[bytes, ...] = (b"",)) -> None:  # fmt: skip
@@ -73,10 +77,9 @@ class Slowloris:
         self.attempts = 0
         self.opened = 0
         self.closed_by_server = 0
+        self.renewed_at_once = 0
         self.connect_errors = 0
-        self._live: deque[trio.socket.SocketType] = deque()
-        self._dead: deque[trio.socket.SocketType] = deque()
-        self._dead_ready = trio.Event()
+        self._live: dict[trio.socket.SocketType, float] = {}
 
     async def _open(self, nursery: trio.Nursery) -> None:
         payload = self.payloads[self.attempts % len(self.payloads)]
@@ -88,20 +91,23 @@ class Slowloris:
             self.connect_errors += 1
             return
         self.opened += 1
-        self._live.append(sock)
-        nursery.start_soon(self._watch, sock)
+        self._live[sock] = trio.current_time()
+        nursery.start_soon(self._watch, sock, nursery)
 
-    async def _watch(self, sock: trio.socket.SocketType) -> None:
+    async def _watch(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
         """Notice when the server closes (FIN or RST) this connection."""
         try:
             await trio.lowlevel.wait_readable(sock)
         except trio.ClosedResourceError:
-            return  # we closed it ourselves (renewed)
-        if sock.fileno() < 0:
+            return
+        opened_at = self._live.pop(sock, None)
+        sock.close()
+        if opened_at is None:
             return
         self.closed_by_server += 1
-        self._dead.append(sock)
-        self._dead_ready.set()
+        if trio.current_time() - opened_at >= self.HELD_S:
+            self.renewed_at_once += 1
+            nursery.start_soon(self._open, nursery)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open every connection, report started, then keep renewing until cancelled."""
@@ -115,19 +121,10 @@ class Slowloris:
                 while True:
                     next_at = max(next_at + interval, trio.current_time())
                     await trio.sleep_until(next_at)
-                    if self._dead:
-                        victim = self._dead.popleft()
-                        if victim in self._live:
-                            self._live.remove(victim)
-                    elif self._live:
-                        victim = self._live.popleft()
-                    else:
-                        victim = None
-                    if victim is not None:
-                        victim.close()
-                    await self._open(nursery)
+                    if len(self._live) < self.idle:
+                        await self._open(nursery)
             finally:
-                for sock in [*self._live, *self._dead]:
+                for sock in self._live:
                     sock.close()
                 nursery.cancel_scope.cancel()
 
@@ -136,6 +133,7 @@ class Slowloris:
             "attempts": self.attempts,
             "opened": self.opened,
             "closed_by_server": self.closed_by_server,
+            "renewed_at_once": self.renewed_at_once,
             "connect_errors": self.connect_errors,
             "held": len(self._live),
         }
@@ -258,7 +256,11 @@ app = {{ url = "echo:", encapsulation = "sln" }}
     return path
 
 
-async def _attack_and_call(listener: str, port: int, args: argparse.Namespace) -> dict[str, Any]:
+async def _attack_and_call(
+    listener: str, port: int, args: argparse.Namespace, pid: int
+) -> dict[str, Any]:
+    from bench import _procs
+
     payloads = (b"", PARTIAL_REQUEST) if listener == "websocket" else (b"",)
     attacker = Slowloris("127.0.0.2", "127.0.0.1", port, idle=args.idle,
                          renew_per_s=args.renew_per_s, payloads=payloads)  # fmt: skip
@@ -274,6 +276,7 @@ async def _attack_and_call(listener: str, port: int, args: argparse.Namespace) -
             lambda: call("127.0.0.1", port, "127.0.0.3"), args.calls, concurrency=args.concurrency
         )
         stats = attacker.stats()
+        fds = _procs.fd_count(pid)
         nursery.cancel_scope.cancel()
     failures = [f for f, _ in results if f is not None]
     setup = sorted(t for _, t in results)
@@ -285,6 +288,7 @@ async def _attack_and_call(listener: str, port: int, args: argparse.Namespace) -
         "failures": sorted(set(failures)),
         "setup_p50_ms": round(setup[len(setup) // 2] * 1000, 1),
         "setup_max_ms": round(setup[-1] * 1000, 1),
+        "daemon_fds_under_attack": fds,
     }
 
 
@@ -300,6 +304,7 @@ def main() -> None:
     parser.add_argument("--audiosocket", default="", help="extra [audiosocket] lines")
     parser.add_argument("--websocket", default="", help="extra [websocket] lines")
     parser.add_argument("--label", default="")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
 
     out: dict[str, Any] = {
@@ -307,7 +312,8 @@ def main() -> None:
         "args": vars(args),
         "bridge_src": os.environ.get("BENCH_BRIDGE_SRC", ""),
     }
-    with _procs.workdir("bridge-slowloris-") as work:
+    with _procs.workdir("bridge-slowloris-", keep=args.keep) as work:
+        print(f"work directory {work}", file=sys.stderr)
         admin, as_port, ws_port = _procs.free_port(), _procs.free_port(), _procs.free_port()
         config = _config(work / "bridge.toml", admin=admin, as_port=as_port, ws_port=ws_port,
                          extra={"audiosocket": args.audiosocket, "websocket": args.websocket})  # fmt: skip
@@ -317,16 +323,20 @@ def main() -> None:
                 lambda: _try(lambda: _procs.http_text(bridge.admin + "/readyz")), 15
             ):
                 raise SystemExit(f"bridge did not become ready; see {work}")
+            if not bridge.alive():  # readyz answered by someone else on that port
+                raise SystemExit(f"bridge exited ({bridge.returncode}):\n{bridge.stderr()[-3000:]}")
             pid = bridge.pid
             out["fd_limit"] = _nofile(pid)
             for listener, port in (("audiosocket", as_port), ("websocket", ws_port)):
                 cpu0, fds0 = _procs.cpu_s(pid), _procs.fd_count(pid)
                 t0 = time.monotonic()
-                result = trio.run(_attack_and_call, listener, port, args)
+                result = trio.run(_attack_and_call, listener, port, args, pid)
                 result["daemon_cpu_s"] = round(_procs.cpu_s(pid) - cpu0, 2)
                 result["wall_s"] = round(time.monotonic() - t0, 1)
                 result["daemon_fds_before"] = fds0
                 out[listener] = result
+            if not bridge.alive():
+                raise SystemExit(f"bridge exited ({bridge.returncode}):\n{bridge.stderr()[-3000:]}")
             metrics = _procs.http_text(bridge.admin + "/metrics")
             out["metrics"] = {
                 line.split(" ")[0]: float(line.split(" ")[1])
@@ -373,8 +383,14 @@ def _log_summary(work: Path) -> dict[str, int]:
                 continue
             if record.get("level") != "warning":
                 continue
-            head = " ".join(str(record.get("msg", "")).split()[:4])
-            counts[head] = counts.get(head, 0) + 1
+            # By what the line is about (kind/reason), not its text (which names a peer).
+            msg = str(record.get("msg", ""))
+            what = (
+                "summary"
+                if msg.startswith("suppressed ")
+                else record.get("kind") or record.get("reason") or msg[:40]
+            )
+            counts[str(what)] = counts.get(str(what), 0) + 1
     return counts
 
 

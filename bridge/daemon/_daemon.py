@@ -242,6 +242,9 @@ class Daemon:
         # Only routes, stream defaults and the daemon's stream limit apply live.
         self.config = _merge_reload(old, new)
         self.manager.max_streams = new.daemon.max_streams
+        self.bad_peers.configure(
+            new.daemon.bad_input_log_per_interval, new.daemon.bad_input_log_interval_s
+        )
         self._hold_cache.clear()
         logger.info("reloaded %s: %d routes", self.config_path, len(new.routes))
         self.notifier.ready(status=self._status())

@@ -315,6 +315,13 @@ class BadPeerLog:
     def create(cls, logger: logging.Logger, per_interval: int, interval_s: float) -> BadPeerLog:
         return cls(logger, LogBudget(per_interval, interval_s))
 
+    def configure(self, per_interval: int, interval_s: float) -> None:
+        """New limits (SIGHUP): what is held back so far is summarised first."""
+        budget = self.budget
+        if (budget.max_lines, budget.interval_s) != (per_interval, interval_s):
+            self._emit_summary(trio.current_time(), force=True)
+            self.budget = LogBudget(per_interval, interval_s)
+
     def warning(self, kind: str, msg: str, *args: object, extra: dict[str, Any]) -> bool:
         """Log ``msg`` at WARNING if the budget allows; True if it was written."""
         now = trio.current_time()

@@ -225,7 +225,7 @@ def test_log_budget_never_lets_more_than_max_lines_into_any_interval(
         summary = budget.summary(now)
         if summary is not None:
             summarised += sum(summary.values())
-            assert last_summary is None or now - last_summary >= interval_s
+            assert last_summary is None or now - last_summary >= interval_s - 1e-9
             last_summary = now
         if budget.allow(key, now):
             allowed.append(now)
@@ -268,3 +268,14 @@ async def test_bad_peer_log_writes_the_summary_when_due_and_at_the_end(
         nursery.cancel_scope.cancel()
     # Cancelled before that one fell due: written at the end, not lost.
     assert caplog.records[-1].getMessage() == "suppressed 1 bad-input lines in the last 10s: by kind j=1"
+
+
+async def test_bad_peer_log_new_limits_on_reload(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.test")
+    log = BadPeerLog.create(logging.getLogger("bridge.test"), 1, 10.0)
+    assert [log.warning("k", "x", extra={}) for _ in range(3)] == [True, False, False]
+    log.configure(1, 10.0)  # unchanged: nothing happens
+    assert len(caplog.records) == 1
+    log.configure(5, 1.0)  # what was held back is summarised, then the new budget applies
+    assert caplog.records[-1].getMessage().startswith("suppressed 2 bad-input lines")
+    assert all(log.warning("k", "y", extra={}) for _ in range(5))
