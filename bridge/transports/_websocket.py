@@ -98,7 +98,12 @@ __all__ = [
 
 logger = logging.getLogger("bridge.transports")
 # websockets' protocol objects log handshakes and protocol errors; keep them in our tree.
+# Only its warnings: at INFO it writes "connection open", "connection closed" and
+# "connection rejected (426 ...)" for every connection, a flood of lines for every bad
+# peer outside the daemon's bad-peer budget (what a peer did wrong is reported by the
+# owner, once, within it); at DEBUG it would log every frame of every call.
 _protocol_logger = logging.getLogger("bridge.transports.websockets")
+_protocol_logger.setLevel(logging.WARNING)
 
 HeadersLike = Mapping[str, str] | Sequence[tuple[str, str]]
 

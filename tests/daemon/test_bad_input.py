@@ -242,8 +242,13 @@ class Fuzz:
             await read_to_eof(stream)
 
     def as_garbage(self, rng: random.Random) -> Callable[[], Awaitable[None]]:
-        blob = bytes([rng.choice([0x10, 0x03, 0x7F, 0xFE])]) + rng.randbytes(rng.randrange(3, 500))
-        return lambda: self._as("protocol_error", blob)
+        """A first frame that is whole but not a UUID (any other kind, any length up to
+        the limit), then more garbage. (A header that promises more bytes than follow
+        is a stall instead: first_frame_timeout.)"""
+        kind = rng.choice([k for k in range(256) if k != 0x01])
+        length = rng.randrange(0, 300)
+        blob = bytes([kind]) + struct.pack("!H", length) + rng.randbytes(length)
+        return lambda: self._as("protocol_error", blob + rng.randbytes(rng.randrange(0, 200)))
 
     def as_stalled(self, rng: random.Random) -> Callable[[], Awaitable[None]]:
         return lambda: self._as("first_frame_timeout", b"\x01\x00" if rng.random() < 0.5 else b"")
