@@ -11,7 +11,8 @@ The tree (httpx style)::
     │   │   └── HandshakeRejected   the peer answered the upgrade with an HTTP status
     │   ├── TransportTimeout        a bounded step (connect, handshake, send, ping, close) ran out
     │   ├── ConnectionClosed        the peer closed, or the connection is already gone
-    │   └── MessageTooBig           a peer sent a message or frame over the configured maximum
+    │   └── FramingError            a peer broke its transport's framing (``kind`` says how)
+    │       └── MessageTooBig       a peer sent a message or frame over the configured maximum
     ├── StreamError                 the stream engine could not do what was asked
     │   ├── StreamRefused           a new stream was refused (reason: max_streams, draining, no_route, ...)
     │   └── StreamNotFound          no live or recorded stream has that id
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "ConnectionClosed",
     "DialectError",
+    "FramingError",
     "HandshakeError",
     "HandshakeRejected",
     "MessageTooBig",
@@ -110,8 +112,29 @@ class ConnectionClosed(TransportError):
         super().__init__(f"connection closed{detail}")
 
 
-class MessageTooBig(TransportError):
+class FramingError(TransportError):
+    """A peer broke the framing rules of its transport and the connection was failed:
+    for WebSocket an invalid or unmasked frame (RFC 6455 §5.1-§5.5, close 1002), invalid
+    UTF-8 in a text message (§8.1, 1007), a bad close code (§7.4), an oversize message
+    (1009). Bad input, like ``DialectError``, not a lost connection: it is raised once
+    by ``receive()``, then ``ConnectionClosed``.
+
+    ``kind`` is the metric label: ``bad_frame``, ``invalid_utf8``, ``bad_close``,
+    ``message_too_big``.
+    """
+
+    kind: str = "bad_frame"
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        if kind is not None:
+            self.kind = kind
+        super().__init__(message)
+
+
+class MessageTooBig(FramingError):
     """A message or frame exceeded the configured maximum size."""
+
+    kind = "message_too_big"
 
 
 class StreamError(BridgeError):

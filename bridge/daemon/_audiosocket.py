@@ -1,15 +1,20 @@
 """The AudioSocket listener: the target of Asterisk's ``AudioSocket(uuid,host:port)``
 and ``Dial(AudioSocket/host:port/uuid)`` (PROTOCOLS.md §2).
 
-Asterisk is the TCP client. Every connection must send its UUID frame first, within
-``first_frame_timeout`` (no slowloris); at most ``max_pending`` connections may be in
-that state at once. A refused call gets the AudioSocket hangup frame ``00 00 00``, the
-one thing besides audio that Asterisk accepts from a server, and a log line and a
-metric label saying why.
+Asterisk is the TCP client. A connection is *pending* until its UUID frame arrives,
+which must happen within ``first_frame_timeout`` of the accept (no slowloris). At most
+``max_pending_per_peer`` connections from one address and ``max_pending`` in all may be
+pending; a connection over either is reset at accept (``transports.serve_admitted``),
+counted in ``bridge_admission_refused_total`` and never evicts anyone. Every bad
+connection -- garbage, a timeout, a close before the UUID -- is one count in
+``bridge_bad_input_total`` and one line within the daemon's bad-peer budget. A refused
+call gets the AudioSocket hangup frame ``00 00 00``, the one thing besides audio that
+Asterisk accepts from a server, and a log line and a metric label saying why.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -19,7 +24,14 @@ from .._errors import ConnectionClosed, DialectError, StreamRefused
 from ..dialects import Event, Start
 from ..dialects._audiosocket import HANGUP_FRAME, AudioSocketApp
 from ..streams import PipeCallLeg
-from ..transports import open_tcp_listener, set_nodelay
+from ..transports import (
+    Admission,
+    Pending,
+    format_peer,
+    open_tcp_listener,
+    serve_admitted,
+    set_nodelay,
+)
 from ..transports._pipes import TcpPipe
 from ._config import AudioSocketConfig
 
@@ -43,56 +55,50 @@ async def serve_audiosocket(
     assert addr is not None
     listener = await open_tcp_listener(addr[0], addr[1], reuse_port=config.reuse_port)
     bound = listener.socket.getsockname()
-    pending = 0
-    async with listener, trio.open_nursery() as nursery:
+    admission = Admission(config.max_pending, min(config.max_pending_per_peer, config.max_pending))
+
+    def refused(peer: tuple[str, int], reason: str) -> None:
+        daemon.admission_refused(LISTENER, reason, format_peer(peer))
+
+    async def handle(stream: trio.SocketStream, peer: tuple[str, int], pending: Pending) -> None:
+        await _handle(daemon, config, stream, format_peer(peer), pending)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(serve_admitted, handle, [listener], admission, on_refused=refused)
+        )
+        logger.info(
+            "AudioSocket listening on %s:%d (pending at most %d, %d per peer)",
+            bound[0],
+            bound[1],
+            admission.max_pending,
+            admission.max_pending_per_peer,
+        )
         task_status.started((bound[0], bound[1]))
-        logger.info("AudioSocket listening on %s:%d", bound[0], bound[1])
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # EMFILE and friends: back off, don't spin
-                logger.warning("AudioSocket accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            if pending >= config.max_pending:
-                daemon.refused(LISTENER, "too_many_pending", _peer(stream))
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                continue
-            pending += 1
-
-            async def handle(stream: trio.SocketStream = stream) -> None:
-                nonlocal pending
-                try:
-                    await _handle(daemon, config, stream)
-                finally:
-                    pending -= 1
-
-            nursery.start_soon(handle)
 
 
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-        return f"{host}:{port}"
-    except OSError:
-        return "?"
-
-
-async def _handle(daemon: Daemon, config: AudioSocketConfig, stream: trio.SocketStream) -> None:
+async def _handle(
+    daemon: Daemon,
+    config: AudioSocketConfig,
+    stream: trio.SocketStream,
+    peer: str,
+    pending: Pending,
+) -> None:
     # Asterisk writes header and payload in one send and so do we; Nagle would hold our
     # 20 ms frames back (PROTOCOLS.md §2 "Robustness").
     set_nodelay(stream)
-    peer = _peer(stream)
     pipe = TcpPipe(stream)
     dialect = AudioSocketApp(max_payload_bytes=config.max_frame_bytes)
     events: list[Event] = []
     start: Start | None = None
+    received = 0
     handed_over = False
     try:
         with trio.move_on_after(config.first_frame_timeout_s) as scope:
             while start is None:
-                events.extend(dialect.receive(await pipe.receive()))
+                chunk = await pipe.receive()
+                received += len(chunk)
+                events.extend(dialect.receive(chunk))
                 for i, event in enumerate(events):
                     if type(event) is Start:
                         start = event
@@ -102,10 +108,14 @@ async def _handle(daemon: Daemon, config: AudioSocketConfig, stream: trio.Socket
             daemon.bad_input(
                 LISTENER,
                 "first_frame_timeout",
-                f"no UUID frame within {config.first_frame_timeout_s:g}s from {peer}",
+                f"no UUID frame within {config.first_frame_timeout_s:g}s "
+                f"({received} bytes received)",
+                peer=peer,
             )
             return
         assert start is not None
+        # The UUID arrived: no longer pending, whatever happens to the call now.
+        pending.release()
         route = daemon.match_route(LISTENER)
         if route is None:
             daemon.refused(LISTENER, "no_route", peer, call_id=start.call_id)
@@ -118,6 +128,7 @@ async def _handle(daemon: Daemon, config: AudioSocketConfig, stream: trio.Socket
             start=start,
             pending=tuple(events),
             far_side_buffers=False,
+            peer=peer,
         )
         try:
             daemon.start_stream(leg, route, LISTENER)
@@ -127,10 +138,20 @@ async def _handle(daemon: Daemon, config: AudioSocketConfig, stream: trio.Socket
             return
         handed_over = True
     except DialectError as exc:
-        daemon.bad_input(LISTENER, "protocol_error", f"{peer}: {exc}")
+        daemon.bad_input(LISTENER, "protocol_error", str(exc), peer=peer)
     except ConnectionClosed:
         if start is None:
-            daemon.bad_input(LISTENER, "closed_before_uuid", f"{peer} closed before its UUID")
+            if received:
+                daemon.bad_input(
+                    LISTENER,
+                    "closed_before_uuid",
+                    f"closed after {received} bytes, before its UUID frame",
+                    peer=peer,
+                )
+            else:
+                # Connect and close with nothing sent: a TCP health check or a port
+                # scan, not bad input.
+                logger.debug("connection from %s closed without sending anything", peer)
     finally:
         if not handed_over:
             await pipe.aclose()

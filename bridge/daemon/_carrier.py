@@ -11,7 +11,15 @@ connections (``app.mode = "accept"``).
 * Apps of accept-mode routes dial ``/v1/streams/{stream_id}/media?token=…`` and speak the
   route's encapsulation: 401 for a bad token, 404 for an unknown or ended stream.
 
-Every refusal is one log line and a ``bridge_streams_refused_total{listener,reason}``.
+A carrier connection is *pending* from TCP accept until its ``start`` message, all
+within ``handshake_timeout``; at most ``max_handshakes_per_peer`` per source address and
+``max_handshakes`` in all (``transports.serve_websocket``). Credentials are compared as
+bytes (``_credentials``): a wrong one, whatever its characters, is a 401 and a count in
+``bridge_auth_failures_total{listener,route}``. Every refusal is one log line and a
+``bridge_streams_refused_total{listener,reason}``; every bad connection (a bad
+handshake, a framing error, a malformed message, no ``start`` in time) exactly one
+``bridge_bad_input_total{leg="websocket",kind}`` and one line within the daemon's
+bad-peer budget.
 """
 
 from __future__ import annotations
@@ -28,12 +36,19 @@ import attrs
 import msgspec
 import trio
 
-from .._errors import ConnectionClosed, DialectError, StreamRefused, TransportTimeout
+from .._errors import (
+    ConnectionClosed,
+    DialectError,
+    FramingError,
+    StreamRefused,
+    TransportTimeout,
+)
 from ..dialects import Event, Start
 from ..streams import PipeAppConnection, PipeCallLeg
 from ..streams._wsapp import platform_dialect
-from ..transports import WebSocketConnection, WebSocketRequest, serve_websocket
+from ..transports import WebSocketConnection, WebSocketRequest, format_peer, serve_websocket
 from ._config import RouteConfig, StreamConfig, WebSocketConfig
+from ._credentials import as_bytes, matches, matches_any
 
 if TYPE_CHECKING:
     from ._daemon import Daemon
@@ -55,7 +70,8 @@ def twilio_signature(auth_token: str, url: str, params: dict[str, str] | None = 
     """Twilio's request signature: base64(HMAC-SHA1(auth token, URL + sorted POST
     params concatenated as key+value)). A WebSocket upgrade is a GET: no params."""
     data = url + "".join(k + v for k, v in sorted((params or {}).items()))
-    mac = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    # as_bytes: the URL holds the Host header as the peer sent it (any byte); never raise.
+    mac = hmac.new(as_bytes(auth_token), as_bytes(data), hashlib.sha1).digest()
     return base64.b64encode(mac).decode()
 
 
@@ -157,13 +173,23 @@ async def serve_carrier_websocket(
             pass
 
     async with trio.open_nursery() as nursery:
-        def bad_handshake(peer: str, why: str) -> None:
-            daemon.bad_input(LISTENER, "bad_handshake", f"{peer}: {why}")
+
+        def bad_handshake(peer: str, kind: str, why: str) -> None:
+            daemon.bad_input(LISTENER, kind, why, peer=peer)
+
+        def refused(peer: str, reason: str) -> None:
+            daemon.admission_refused(LISTENER, reason, peer)
 
         bound: list[tuple[str, int]] = await nursery.start(
-            _serve, handler, addr, config, bad_handshake
+            _serve, handler, addr, config, bad_handshake, refused
         )
-        logger.info("WebSocket listening on %s:%d", bound[0][0], bound[0][1])
+        logger.info(
+            "WebSocket listening on %s:%d (handshakes at most %d, %d per peer)",
+            bound[0][0],
+            bound[0][1],
+            config.max_handshakes,
+            min(config.max_handshakes_per_peer, config.max_handshakes),
+        )
         task_status.started(bound[0])
 
 
@@ -171,7 +197,8 @@ async def _serve(
     handler: Callable[[WebSocketRequest], Any],
     addr: tuple[str, int],
     config: WebSocketConfig,
-    on_bad_handshake: Callable[[str, str], None],
+    on_bad_handshake: Callable[[str, str, str], None],
+    on_refused: Callable[[str, str], None],
     *,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -182,17 +209,19 @@ async def _serve(
         task_status=task_status,
         handshake_timeout_s=config.handshake_timeout_s,
         max_handshakes=config.max_handshakes,
+        max_handshakes_per_peer=config.max_handshakes_per_peer,
         max_message_bytes=config.max_message_bytes,
         reuse_port=config.reuse_port,
         # Carriers keep their own keepalive; a dead carrier shows as a failed send.
         ping_interval_s=20.0,
         ping_timeout_s=20.0,
         on_bad_handshake=on_bad_handshake,
+        on_refused=on_refused,
     )
 
 
 def _peer(request: WebSocketRequest) -> str:
-    return f"{request.remote[0]}:{request.remote[1]}"
+    return format_peer(request.remote)
 
 
 def _headers(request: WebSocketRequest) -> dict[str, str]:
@@ -214,7 +243,8 @@ def _authorized(route: RouteConfig, request: WebSocketRequest, headers: dict[str
         bearer = headers.get("authorization", "")
         if bearer.lower().startswith("bearer "):
             offered.append(bearer[7:].strip())
-        if not any(o and hmac.compare_digest(o, auth.token) for o in offered):
+        # Bytes, not str: compare_digest(str, str) raises TypeError on non-ASCII (a 500).
+        if not matches_any(offered, auth.token):
             return "bad_token"
     if auth.twilio_auth_token:
         given = headers.get("x-twilio-signature", "")
@@ -227,7 +257,7 @@ def _authorized(route: RouteConfig, request: WebSocketRequest, headers: dict[str
             twilio_signature(auth.twilio_auth_token, f"{scheme}://{host}{path}")
             for scheme in ("wss", "ws")
         ]
-        if not given or not any(hmac.compare_digest(given, e) for e in expected):
+        if not given or not matches_any(expected, given):
             return "bad_signature"
     return None
 
@@ -244,7 +274,7 @@ async def _handle_carrier(
         return
     why = _authorized(route, request, headers)
     if why is not None:
-        daemon.refused(LISTENER, why, f"{peer} {request.path}")
+        daemon.auth_failed(LISTENER, route.name, why, peer, request.path)
         await request.reject(
             401, _json({"error": "unauthorized", "message": why}), [("WWW-Authenticate", "Bearer")]
         )
@@ -257,26 +287,50 @@ async def _handle_carrier(
         daemon.refused(LISTENER, exc.reason, f"{peer} {request.path}")
         await request.reject(503, _json({"error": "refused", "reason": exc.reason}))
         return
-    ws = await request.accept()
+    # Still pending (against max_handshakes and the per-peer limit) until the start
+    # message: a carrier that upgrades and then says nothing is a slowloris too.
+    ws = await request.accept(keep_pending=True)
     dialect = _carrier_app_dialect(route.carrier)
     start: Start | None = None
     pending: list[Event] = []
+    messages = 0
     try:
-        with trio.move_on_after(config.handshake_timeout_s) as scope:
+        with trio.move_on_at(request.deadline) as scope:
             while start is None:
-                for event in dialect.receive(await ws.receive()):
+                message = await ws.receive()
+                messages += 1
+                for event in dialect.receive(message):
                     if start is None and type(event) is Start:
                         start = event
                     elif start is not None:
                         pending.append(event)
         if scope.cancelled_caught or start is None:
-            daemon.bad_input(LISTENER, "no_start", f"{peer}: no start within {config.handshake_timeout_s:g}s")
+            daemon.bad_input(
+                LISTENER,
+                "no_start",
+                f"no start message within {config.handshake_timeout_s:g}s of connecting "
+                f"({messages} messages on {request.path})",
+                peer=peer,
+            )
             await ws.close(1008, "no start message")
             return
     except DialectError as exc:
-        daemon.bad_input(LISTENER, "protocol_error", f"{peer}: {exc}")
+        daemon.bad_input(LISTENER, "protocol_error", str(exc), peer=peer)
         await ws.close(1008, "protocol error")
         return
+    except FramingError as exc:
+        # The connection is already failed (1002/1007/1009 sent); nothing to close.
+        daemon.bad_input(LISTENER, exc.kind, f"{exc} (before start)", peer=peer)
+        return
+    except ConnectionClosed as exc:
+        daemon.bad_input(
+            LISTENER,
+            "closed_before_start",
+            f"closed after {messages} messages, before its start message: {exc}",
+            peer=peer,
+        )
+        return
+    request.release_pending()
     leg = PipeCallLeg(
         kind=route.carrier,
         dialect=dialect,
@@ -286,6 +340,7 @@ async def _handle_carrier(
         far_side_buffers=True,
         hangup_on_close=False,  # closing the socket is how an app ends a carrier stream
         resumable=True,
+        peer=peer,
     )
     key = (route.name, start.call_id, start.stream_id)
     existing = daemon.resumable.get(key)
@@ -319,9 +374,9 @@ async def _handle_app(daemon: Daemon, request: WebSocketRequest) -> None:
         await request.reject(status, _json({"error": error, "stream_id": stream_id}))
         return
     token = slot.route.app.token
-    offered = request.query.get("token", "")
-    if not token or not hmac.compare_digest(offered, token):
-        daemon.refused(LISTENER, "bad_token", f"{peer} {request.path}")
+    # Bytes, not str: a non-ASCII ?token= is a 401 like any other wrong token.
+    if not token or not matches(request.query.get("token", ""), token):
+        daemon.auth_failed(LISTENER, slot.route.name, "bad_token", peer, request.path)
         await request.reject(
             401, _json({"error": "unauthorized"}), [("WWW-Authenticate", "Bearer")]
         )

@@ -221,6 +221,25 @@ def _nonempty(name: str, value: str) -> None:
         raise _FieldError(name, "must not be empty")
 
 
+def _credential(name: str, value: str) -> None:
+    """Tokens and secrets: visible ASCII only (0x21-0x7E).
+
+    They are compared as bytes with what a peer sends in a URL or a header, where only
+    ASCII survives unchanged (HTTP header bytes decode as ISO-8859-1, query strings as
+    UTF-8): a non-ASCII token could never be presented correctly, even by the carrier
+    that was given it. Whitespace would be stripped by HTTP. The error names the
+    position, never the secret.
+    """
+    for i, ch in enumerate(value):
+        if not "\x21" <= ch <= "\x7e":
+            what = "whitespace" if ch.isspace() else f"U+{ord(ch):04X}"
+            raise _FieldError(
+                name,
+                f"must be visible ASCII characters only (a credential is compared byte for "
+                f"byte with what a peer sends in a URL or header); character {i + 1} is {what}",
+            )
+
+
 _PTIMES_MS = (10, 20, 30, 40, 50, 60)
 
 
@@ -279,12 +298,26 @@ class DaemonConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: Read every stream's sockets through one epoll wake-up (``transports.Poller``);
     #: false gives each leg its own reader task, as before (a fallback, not a tuning knob).
     read_poller: bool = True
+    #: WARNING lines about bad peers (bad input, failed auth, refused connections) per
+    #: ``bad_input_log_interval``, sliding; the rest are counted in one summary line per
+    #: interval. Metrics count every one regardless.
+    bad_input_log_per_interval: int = 20
+    bad_input_log_interval: Duration = "10s"
 
-    _CHECKS = {"drain_timeout": _duration(), "max_streams": _int_range(1, 1_000_000)}
+    _CHECKS = {
+        "drain_timeout": _duration(),
+        "max_streams": _int_range(1, 1_000_000),
+        "bad_input_log_per_interval": _int_range(0, 100_000),
+        "bad_input_log_interval": _duration(0.1, 3600.0),
+    }
 
     @property
     def drain_timeout_s(self) -> float:
         return parse_duration(self.drain_timeout)
+
+    @property
+    def bad_input_log_interval_s(self) -> float:
+        return parse_duration(self.bad_input_log_interval)
 
 
 class AdminConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -293,7 +326,7 @@ class AdminConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     listen: str = "127.0.0.1:8081"
     token: str = ""
 
-    _CHECKS = {"listen": _listen}
+    _CHECKS = {"listen": _listen, "token": _credential}
 
     @property
     def listen_addr(self) -> tuple[str, int] | None:
@@ -307,13 +340,18 @@ class AudioSocketConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_on
     reuse_port: bool = False
     first_frame_timeout: Duration = "5s"
     max_frame_bytes: int = 8192
-    max_pending: int = 64
+    #: Connections accepted whose UUID frame has not arrived yet, in all and from one
+    #: source address (IPv6: one /64; a per-peer limit above the total acts as the total).
+    #: Over either, a new connection is closed at once.
+    max_pending: int = 1024
+    max_pending_per_peer: int = 16
 
     _CHECKS = {
         "listen": _listen,
         "first_frame_timeout": _duration(positive=True),
         "max_frame_bytes": _int_range(64, 65535),
         "max_pending": _int_range(1, 1_000_000),
+        "max_pending_per_peer": _int_range(1, 1_000_000),
     }
 
     @property
@@ -330,15 +368,22 @@ class WebSocketConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only
 
     listen: str = "127.0.0.1:8080"
     reuse_port: bool = False
+    #: From TCP accept to the carrier's ``start`` message (or, for an accept-mode app,
+    #: to the end of the upgrade): one deadline for the whole handshake.
     handshake_timeout: Duration = "5s"
     max_message_bytes: int = 1 * _MIB
-    max_handshakes: int = 64
+    #: Connections in their handshake (see handshake_timeout), in all and from one source
+    #: address (IPv6: one /64). Over the per-peer limit a new connection is closed at
+    #: once; over the total it gets a canned 503.
+    max_handshakes: int = 1024
+    max_handshakes_per_peer: int = 16
 
     _CHECKS = {
         "listen": _listen,
         "handshake_timeout": _duration(positive=True),
         "max_message_bytes": _int_range(1 * _KIB, 64 * _MIB),
         "max_handshakes": _int_range(1, 1_000_000),
+        "max_handshakes_per_peer": _int_range(1, 1_000_000),
     }
 
     @property
@@ -698,6 +743,8 @@ class AppConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True)
     headers: dict[str, str] = {}
     ca_file: str = ""
 
+    _CHECKS = {"token": _credential}
+
     @property
     def is_echo(self) -> bool:
         """The built-in echo application (``url = "echo:"``)."""
@@ -761,6 +808,8 @@ class CallbackConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     url: str
     secret: str = ""
 
+    _CHECKS = {"secret": _credential}
+
     def _validate(self) -> None:
         _check_url("url", self.url, ("http", "https"), "https://example.com/events")
 
@@ -770,6 +819,8 @@ class AuthConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True
 
     token: str = ""
     twilio_auth_token: str = ""
+
+    _CHECKS = {"token": _credential, "twilio_auth_token": _credential}
 
 
 class RouteConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

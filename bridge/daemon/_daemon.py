@@ -41,11 +41,11 @@ from ..streams import (
     Ticker,
 )
 from ..streams._wsapp import WsAppConnector
-from ..transports import Poller, use_poller
+from ..transports import Poller, raise_open_files_limit, use_poller
 from ._admin import create_admin_app, serve_admin
 from ._config import AppConfig, Config, RouteConfig, StreamConfig, load_config, match_route
 from ._events import StreamEvent, StreamRecord
-from ._logging import configure_logging
+from ._logging import BadPeerLog, configure_logging
 from ._metrics import Metrics
 from ._notify import SdNotifier, serve_watchdog
 from ._outbox import EventStore, open_event_store
@@ -87,9 +87,16 @@ class Daemon:
     _cancel: trio.CancelScope | None = None
     _sampled: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     started_monotonic: float = attrs.field(factory=time.monotonic)
+    #: The rate limit of every bad-peer WARNING line (``[daemon] bad_input_log_*``).
+    bad_peers: BadPeerLog = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.manager = StreamManager(self.ticker, max_streams=self.config.daemon.max_streams)
+        self.bad_peers = BadPeerLog.create(
+            logger,
+            self.config.daemon.bad_input_log_per_interval,
+            self.config.daemon.bad_input_log_interval_s,
+        )
 
     # ==================================================================================
     # running
@@ -113,6 +120,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self.ticker.serve)
+                nursery.start_soon(self.bad_peers.serve)
                 if cfg.daemon.read_poller:
                     # Every stream's readers, started from here down, read through it.
                     self.poller = Poller()
@@ -234,6 +242,9 @@ class Daemon:
         # Only routes, stream defaults and the daemon's stream limit apply live.
         self.config = _merge_reload(old, new)
         self.manager.max_streams = new.daemon.max_streams
+        self.bad_peers.configure(
+            new.daemon.bad_input_log_per_interval, new.daemon.bad_input_log_interval_s
+        )
         self._hold_cache.clear()
         logger.info("reloaded %s: %d routes", self.config_path, len(new.routes))
         self.notifier.ready(status=self._status())
@@ -328,17 +339,52 @@ class Daemon:
 
     def refused(self, listener: str, reason: str, peer: str, *, call_id: str = "") -> None:
         self.metrics.stream_refused(listener, reason)
-        logger.warning(
-            "call refused on %s from %s: %s",
-            listener,
-            peer,
-            reason,
-            extra={"listener": listener, "reason": reason, "peer": peer, "call_id": call_id},
+        extra = {"listener": listener, "reason": reason, "peer": peer, "call_id": call_id}
+        message = "call refused on %s from %s: %s"
+        if reason in _BAD_PEER_REFUSALS:  # a scanner's noise: within the bad-peer budget
+            self.bad_peers.warning(reason, message, listener, peer, reason, extra=extra)
+        else:
+            logger.warning(message, listener, peer, reason, extra=extra)
+
+    def bad_input(self, leg: str, kind: str, message: str, *, peer: str = "") -> None:
+        """One bad connection on a listener: one count, and a line within the budget."""
+        self.metrics.bad_input.labels(leg=leg, kind=kind).inc()
+        self.bad_peers.warning(
+            kind,
+            "bad input on %s from %s (%s): %s",
+            leg,
+            peer or "?",
+            kind,
+            message,
+            extra={"leg": leg, "kind": kind, "peer": peer},
         )
 
-    def bad_input(self, leg: str, kind: str, message: str) -> None:
-        self.metrics.bad_input.labels(leg=leg, kind=kind).inc()
-        logger.warning("bad input on %s: %s", leg, message, extra={"leg": leg, "kind": kind})
+    def admission_refused(self, listener: str, reason: str, peer: str) -> None:
+        """A connection closed at accept: over a pending limit (per peer or in all)."""
+        self.metrics.admission_refused.labels(listener, reason).inc()
+        self.bad_peers.warning(
+            reason,
+            "connection from %s closed at accept on %s: %s",
+            peer,
+            listener,
+            reason,
+            extra={"listener": listener, "reason": reason, "peer": peer},
+        )
+
+    def auth_failed(self, listener: str, route: str, reason: str, peer: str, path: str) -> None:
+        """A handshake whose credentials did not match (answered 401)."""
+        self.metrics.auth_failures.labels(listener, route).inc()
+        self.metrics.stream_refused(listener, reason)
+        self.bad_peers.warning(
+            reason,
+            "call refused on %s from %s %s: %s (route %s)",
+            listener,
+            peer,
+            path,
+            reason,
+            route,
+            extra={"listener": listener, "reason": reason, "peer": peer, "route": route},
+        )
 
     # -- StreamObserver ----------------------------------------------------------------
 
@@ -390,6 +436,22 @@ class Daemon:
 
     def stream_bad_input(self, stream: Stream, leg: str, kind: str, message: str) -> None:
         self.metrics.bad_input.labels(leg=leg, kind=kind).inc()
+        peer = getattr(stream.call, "peer", "") if leg != "app" else ""
+        self.bad_peers.warning(
+            kind,
+            "bad input on the %s leg%s (%s): %s",
+            leg,
+            f" from {peer}" if peer else "",
+            kind,
+            message,
+            extra={
+                "stream_id": stream.stream_id,
+                "call_id": stream.call_id,
+                "leg": leg,
+                "kind": kind,
+                "peer": peer,
+            },
+        )
 
     def stream_closed(self, stream: Stream) -> None:
         route = self._routes_by_stream.pop(stream.stream_id, None)
@@ -482,6 +544,11 @@ class Daemon:
         return result
 
 
+#: Refusal reasons that say more about the peer than about the call (unknown paths,
+#: streams that do not exist): their lines share the bad-peer budget.
+_BAD_PEER_REFUSALS = frozenset({"no_route", "unknown_stream"})
+
+
 def _merge_reload(old: Config, new: Config) -> Config:
     """The running config with the reloadable parts of ``new``."""
     import msgspec
@@ -562,6 +629,36 @@ async def _main(config: Config, config_path: str | None) -> int:
     return exit_code
 
 
+def open_files_needed(config: Config) -> int:
+    """Descriptors a full daemon may hold: every pending connection the listeners admit,
+    three per stream (call leg, app leg, an RTP socket or a callback connection), and a
+    margin for the admin API, the records database and the event loop."""
+    pending = 0
+    if config.audiosocket.listen_addr is not None:
+        pending += config.audiosocket.max_pending
+    if config.websocket.listen_addr is not None:
+        pending += config.websocket.max_handshakes
+    return pending + 3 * config.daemon.max_streams + 256
+
+
+def check_open_files_limit(config: Config) -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (logged), and warn when even that
+    is below what the configured limits can use: running out of descriptors fails new
+    calls with EMFILE however well the pending limits hold."""
+    before, after, hard = raise_open_files_limit()
+    if after != before:
+        logger.info("raised the open files limit (RLIMIT_NOFILE) from %d to %d", before, after)
+    needed = open_files_needed(config)
+    if 0 <= after < needed:  # RLIM_INFINITY is -1
+        logger.warning(
+            "open files limit %d (hard %d) is below the %d the configured limits can use "
+            "(max_streams, max_pending, max_handshakes); raise LimitNOFILE",
+            after,
+            hard,
+            needed,
+        )
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
@@ -570,6 +667,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def run_daemon(config: Config, *, config_path: str | None = None) -> int:
     configure_logging(config.daemon.log_level, config.daemon.log_format)
+    check_open_files_limit(config)
     try:
         return trio.run(_main, config, config_path)
     except (OSError, BridgeError, BaseExceptionGroup) as exc:

@@ -30,6 +30,8 @@ from typing import Any, Literal, get_args
 import attrs
 import msgspec
 
+from ._credentials import as_bytes, matches_any
+
 __all__ = [
     "EVENT_NAMES",
     "JITTER_COUNTERS",
@@ -510,7 +512,7 @@ class StreamRecord:
 
 
 def _mac(body: bytes, secret: str, t: int) -> str:
-    return hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.new(as_bytes(secret), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
 
 
 def sign(body: bytes, secret: str, t: int) -> str:
@@ -553,10 +555,6 @@ def verify_signature(
     current = time.time() if now is None else now
     if abs(current - t) > tolerance_s:
         return False
-    expected = _mac(body, secret, t)
-    # compare_digest on every candidate (no early exit) keeps the timing independent
-    # of which one matched.
-    matched = False
-    for candidate in candidates:
-        matched |= hmac.compare_digest(expected.encode(), candidate.encode())
-    return matched
+    # Compared as bytes (a non-ASCII or surrogate-escaped header value is a mismatch,
+    # not a TypeError), every candidate in turn: the timing does not tell which matched.
+    return matches_any(candidates, _mac(body, secret, t))

@@ -23,14 +23,19 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import Counter, deque
 from collections.abc import MutableMapping
 from typing import IO, Any, Literal
 
+import attrs
 import msgspec
+import trio
 
 __all__ = [
+    "BadPeerLog",
     "ConsoleFormatter",
     "JsonFormatter",
+    "LogBudget",
     "StreamLogger",
     "configure_logging",
     "stream_logger",
@@ -228,3 +233,128 @@ def stream_logger(
     return StreamLogger(
         logger if logger is not None else logging.getLogger("bridge.streams"), stream_id, **fields
     )
+
+
+# ------------------------------------------------------------------ bad peers, rate limited
+
+
+@attrs.define(slots=True, eq=False)
+class LogBudget:
+    """At most ``max_lines`` lines in any ``interval_s`` (a sliding window), and a count,
+    by key, of the lines it held back. Pure: the caller passes the time.
+
+    The window slides: with the last ``max_lines`` allowed times remembered, a line is
+    allowed when the oldest of them is at least ``interval_s`` old. So no interval of that
+    length, wherever it starts, ever holds more than ``max_lines`` lines -- a fixed window
+    would let twice as many through across its boundary.
+
+    Held-back lines are summarised at most once per interval: :meth:`summary` returns
+    the counts once ``interval_s`` has passed since the first line it held back.
+    """
+
+    max_lines: int
+    interval_s: float
+    _allowed: deque[float] = attrs.field(init=False)
+    _held: Counter[str] = attrs.field(init=False, factory=Counter)
+    #: When the pending summary is due (None: nothing held back).
+    summary_due: float | None = attrs.field(init=False, default=None)
+    #: Lines allowed and held back since creation.
+    allowed_total: int = attrs.field(init=False, default=0)
+    held_total: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_lines < 0 or not self.interval_s > 0:
+            raise ValueError("max_lines must be >= 0 and interval_s > 0")
+        self._allowed = deque(maxlen=self.max_lines or None)
+
+    def allow(self, key: str, now: float) -> bool:
+        """True if a line about ``key`` may be written at ``now``; else it is counted."""
+        allowed = self._allowed
+        if self.max_lines and (
+            len(allowed) < self.max_lines or now - allowed[0] >= self.interval_s
+        ):
+            allowed.append(now)  # maxlen drops the oldest
+            self.allowed_total += 1
+            return True
+        self._held[key] += 1
+        self.held_total += 1
+        if self.summary_due is None:
+            self.summary_due = now + self.interval_s
+        return False
+
+    def summary(self, now: float, *, force: bool = False) -> dict[str, int] | None:
+        """The held-back counts by key, once due (or ``force``: at shutdown), then reset;
+        None when nothing is due."""
+        due = self.summary_due
+        if due is None or (now < due and not force):
+            return None
+        held = dict(self._held.most_common())
+        self._held.clear()
+        self.summary_due = None
+        return held
+
+
+@attrs.define(slots=True, eq=False)
+class BadPeerLog:
+    """The one gate of every bad-peer WARNING line (bad input, failed auth, admission
+    refusals, handshakes from nowhere): a :class:`LogBudget` of lines per interval, and
+    one summary line per interval when it held lines back::
+
+        suppressed 1520 bad-input lines in the last 10s: by kind bad_handshake=1400 ...
+
+    Counting is the caller's business (metrics count every event; this only decides
+    which ones also get a line). Call :meth:`warning` from Trio code; run :meth:`serve`
+    in the daemon's nursery so the summary comes out even when the flood stops.
+    """
+
+    logger: logging.Logger
+    budget: LogBudget
+    _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
+
+    @classmethod
+    def create(cls, logger: logging.Logger, per_interval: int, interval_s: float) -> BadPeerLog:
+        return cls(logger, LogBudget(per_interval, interval_s))
+
+    def configure(self, per_interval: int, interval_s: float) -> None:
+        """New limits (SIGHUP): what is held back so far is summarised first."""
+        budget = self.budget
+        if (budget.max_lines, budget.interval_s) != (per_interval, interval_s):
+            self._emit_summary(trio.current_time(), force=True)
+            self.budget = LogBudget(per_interval, interval_s)
+
+    def warning(self, kind: str, msg: str, *args: object, extra: dict[str, Any]) -> bool:
+        """Log ``msg`` at WARNING if the budget allows; True if it was written."""
+        now = trio.current_time()
+        self._emit_summary(now)
+        if self.budget.allow(kind, now):
+            self.logger.warning(msg, *args, extra=extra)
+            return True
+        self._wake.set()
+        return False
+
+    def _emit_summary(self, now: float, *, force: bool = False) -> None:
+        held = self.budget.summary(now, force=force)
+        if not held:
+            return
+        total = sum(held.values())
+        interval = self.budget.interval_s
+        self.logger.warning(
+            "suppressed %d bad-input lines in the last %gs: by kind %s",
+            total,
+            interval,
+            " ".join(f"{k}={n}" for k, n in held.items()),
+            extra={"suppressed": total, "by_kind": held, "interval_s": interval},
+        )
+
+    async def serve(self) -> None:
+        """Write each summary when it falls due; the last one when cancelled."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                due = self.budget.summary_due
+                if due is not None:
+                    await trio.sleep_until(due)
+                    self._emit_summary(trio.current_time())
+        finally:
+            self._emit_summary(trio.current_time(), force=True)

@@ -85,6 +85,10 @@ class Metrics:
     streams_ended: Counter = attrs.field(init=False)
     streams_refused: Counter = attrs.field(init=False)
     bad_input: Counter = attrs.field(init=False)
+    #: Connections closed before they became a call: over a listener's pending limits.
+    admission_refused: Counter = attrs.field(init=False)
+    #: Handshakes whose token or signature did not match (answered 401).
+    auth_failures: Counter = attrs.field(init=False)
     app_reconnects: Counter = attrs.field(init=False)
     app_connect_failures: Counter = attrs.field(init=False)
     frames: Counter = attrs.field(init=False)
@@ -134,6 +138,19 @@ class Metrics:
             "bridge_bad_input",
             "Malformed, unknown or oversize input, by leg (audiosocket|websocket|rtp|app) and kind.",
             ("leg", "kind"),
+            registry=r,
+        )
+        self.admission_refused = Counter(
+            "bridge_admission_refused",
+            "Connections closed at accept, before any byte was read: over the listener's "
+            "pending limit per peer (too_many_pending_per_peer) or in all (too_many_pending).",
+            ("listener", "reason"),
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "bridge_auth_failures",
+            "Handshakes refused with 401: wrong or missing token or signature, by route.",
+            ("listener", "route"),
             registry=r,
         )
         self.app_reconnects = Counter(

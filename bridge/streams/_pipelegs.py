@@ -52,6 +52,8 @@ class PipeCallLeg:
     #: A dropped connection may be replaced within the route's reconnect window
     #: (carrier WebSockets; an AudioSocket EOF is the hangup itself).
     resumable: bool = False
+    #: The caller's "host:port", for log lines about this leg (bad input).
+    peer: str = ""
     #: Set once the stream is done with this leg (closed or replaced): whoever accepted
     #: the connection holds it open until then.
     released: trio.Event = attrs.field(factory=trio.Event)

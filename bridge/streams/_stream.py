@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from .._errors import ConnectionClosed, DialectError, MessageTooBig, TransportError
+from .._errors import ConnectionClosed, DialectError, FramingError, TransportError
 from ..dialects import (
     Audio,
     Clear,
@@ -142,7 +142,8 @@ class StreamObserver(Protocol):
     def stream_closed(self, stream: Stream) -> None: ...
 
     def stream_bad_input(self, stream: Stream, leg: str, kind: str, message: str) -> None:
-        """A peer of this stream sent something malformed (already logged by the stream)."""
+        """A peer of this stream sent something malformed: count it and log it (the
+        daemon's log of bad peers is rate limited; the stream's event log has it too)."""
         ...
 
 
@@ -157,7 +158,13 @@ class _NullObserver:
         pass
 
     def stream_bad_input(self, stream: Stream, leg: str, kind: str, message: str) -> None:
-        pass
+        logger.warning(
+            "bad input on the %s leg (%s): %s",
+            leg,
+            kind,
+            message,
+            extra={"stream_id": stream.stream_id, "leg": leg, "kind": kind},
+        )
 
 
 def _utcnow() -> datetime:
@@ -452,10 +459,11 @@ class Stream:
             try:
                 reason = await leg.serve_reader(self)
                 result.append((reason, None, not self._call_stopped))
-            except (DialectError, MessageTooBig) as exc:
+            except (DialectError, FramingError) as exc:
                 # Malformed input ends this stream at most (ARCHITECTURE.md reliability
-                # policy): one clear line, one count, and the call is hung up.
-                kind = "message_too_big" if isinstance(exc, MessageTooBig) else "protocol_error"
+                # policy): one clear line, one count, and the call is hung up (a framing
+                # error is bad input, not a dropped leg to wait for).
+                kind = exc.kind if isinstance(exc, FramingError) else "protocol_error"
                 self._bad_input(self.listener or leg.kind, kind, str(exc))
                 result.append(("call_hangup", f"call leg {kind.replace('_', ' ')}: {exc}", False))
             except (ConnectionClosed, TransportError) as exc:
@@ -976,10 +984,10 @@ class Stream:
         async def reader(cancel: trio.CancelScope) -> None:
             try:
                 await conn.serve_reader(self)
-            except (DialectError, MessageTooBig) as exc:
+            except (DialectError, FramingError) as exc:
                 # PROTOCOLS.md §0: malformed input from the app ends that connection;
                 # the supervisor then reconnects.
-                kind = "message_too_big" if isinstance(exc, MessageTooBig) else "protocol_error"
+                kind = exc.kind if isinstance(exc, FramingError) else "protocol_error"
                 self._bad_input("app", kind, str(exc))
                 failure.append(f"app leg {kind.replace('_', ' ')}: {exc}")
             except (ConnectionClosed, TransportError) as exc:
@@ -1017,13 +1025,7 @@ class Stream:
         self.observer.stream_event(self, event, fields)
 
     def _bad_input(self, leg: str, kind: str, message: str) -> None:
-        logger.warning(
-            "bad input on the %s leg (%s): %s",
-            leg,
-            kind,
-            message,
-            extra={"stream_id": self.stream_id, "leg": leg, "kind": kind},
-        )
+        # The observer logs it: the daemon within its bad-peer line budget.
         self._note("bad_input", {"leg": leg, "kind": kind, "error": message})
         self.observer.stream_bad_input(self, leg, kind, message)
 

@@ -4,15 +4,25 @@
   :func:`open_websocket_client`, :func:`serve_websocket`, :class:`WebSocketConnection`,
   :class:`WebSocketRequest`.
 * TCP: :func:`open_tcp_listener(s) <open_tcp_listeners>` with ``SO_REUSEPORT``,
-  :func:`set_nodelay`, :func:`serve_tcp`.
+  :func:`set_nodelay`, :func:`serve_tcp`, and :func:`serve_admitted` with an
+  :class:`Admission` (pending connections limited per peer and in all).
 * UDP: :func:`open_udp_socket`, :class:`UdpPortPool` for RTP ports.
 * :class:`Poller`: one epoll for a process's media sockets (readers in poll mode).
 
 Errors are the ``TransportError`` family from :mod:`bridge._errors`.
 """
 
+from ._admission import Admission, Pending, Refusal, peer_key
 from ._poller import Poller, PollRegistration, current_poller, use_poller
-from ._tcp import open_tcp_listener, open_tcp_listeners, serve_tcp, set_nodelay
+from ._tcp import (
+    format_peer,
+    open_tcp_listener,
+    open_tcp_listeners,
+    raise_open_files_limit,
+    serve_admitted,
+    serve_tcp,
+    set_nodelay,
+)
 from ._udp import UdpPortPool, open_udp_socket
 from ._websocket import (
     HeadersLike,
@@ -23,17 +33,24 @@ from ._websocket import (
 )
 
 __all__ = [
+    "Admission",
     "HeadersLike",
+    "Pending",
     "PollRegistration",
     "Poller",
+    "Refusal",
     "UdpPortPool",
     "WebSocketConnection",
     "WebSocketRequest",
     "current_poller",
+    "format_peer",
     "open_tcp_listener",
     "open_tcp_listeners",
     "open_udp_socket",
     "open_websocket_client",
+    "peer_key",
+    "raise_open_files_limit",
+    "serve_admitted",
     "serve_tcp",
     "serve_websocket",
     "set_nodelay",

@@ -59,7 +59,13 @@ import attrs
 import trio
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, PayloadTooBig
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    PayloadTooBig,
+    ProtocolError,
+)
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
@@ -69,6 +75,7 @@ from websockets.uri import parse_uri
 
 from .._errors import (
     ConnectionClosed,
+    FramingError,
     HandshakeError,
     HandshakeRejected,
     MessageTooBig,
@@ -76,19 +83,27 @@ from .._errors import (
     TransportTimeout,
 )
 from .._version import __version__
-from ._tcp import listener_addresses, open_tcp_listeners, socket_of
+from ._admission import Admission, Pending, Refusal
+from ._tcp import format_peer, listener_addresses, open_tcp_listeners, serve_admitted, socket_of
 
 __all__ = [
+    "FRAMING_ERROR_KINDS",
     "HeadersLike",
     "WebSocketConnection",
     "WebSocketRequest",
+    "framing_error_kind",
     "open_websocket_client",
     "serve_websocket",
 ]
 
 logger = logging.getLogger("bridge.transports")
 # websockets' protocol objects log handshakes and protocol errors; keep them in our tree.
+# Only its warnings: at INFO it writes "connection open", "connection closed" and
+# "connection rejected (426 ...)" for every connection, a flood of lines for every bad
+# peer outside the daemon's bad-peer budget (what a peer did wrong is reported by the
+# owner, once, within it); at DEBUG it would log every frame of every call.
 _protocol_logger = logging.getLogger("bridge.transports.websockets")
+_protocol_logger.setLevel(logging.WARNING)
 
 HeadersLike = Mapping[str, str] | Sequence[tuple[str, str]]
 
@@ -165,6 +180,38 @@ def _validate_close(code: int, reason: str) -> None:
         raise ValueError("close reason longer than 123 bytes")
 
 
+#: The ``kind`` of every FramingError a connection can report (a bounded label set).
+FRAMING_ERROR_KINDS = ("bad_frame", "invalid_utf8", "bad_close", "message_too_big")
+
+# websockets' ProtocolError messages about a close frame (frames.Close.parse/check).
+_BAD_CLOSE_MESSAGES = ("invalid status code", "close frame too short")
+
+
+def framing_error_kind(exc: BaseException | None) -> str | None:
+    """What a peer did wrong, from the exception the ``websockets`` parser stopped on
+    (``protocol.parser_exc``); None when it was no fault of the peer's framing (EOF in
+    the middle of a frame is a lost connection, not bad input).
+
+    * ``message_too_big``: over ``max_message_bytes`` (RFC 6455 §7.4.1 1009);
+    * ``bad_close``: a close frame with a reserved or invalid code, one byte long, or a
+      reason that is not UTF-8 (§5.5.1, §7.4);
+    * ``invalid_utf8``: a text message that is not UTF-8 (§8.1, 1007);
+    * ``bad_frame``: everything else the framing forbids (unknown opcode, an unmasked
+      client frame, reserved bits, a fragmented or oversize control frame, a
+      continuation out of place: §5.2-§5.5, 1002).
+    """
+    if exc is None or isinstance(exc, EOFError):
+        return None
+    if isinstance(exc, PayloadTooBig):
+        return "message_too_big"
+    if isinstance(exc, UnicodeDecodeError):
+        # The parser decodes only close reasons; text messages are decoded here.
+        return "bad_close"
+    if isinstance(exc, ProtocolError) and str(exc).startswith(_BAD_CLOSE_MESSAGES):
+        return "bad_close"
+    return "bad_frame"
+
+
 @attrs.define(eq=False, repr=False)
 class WebSocketConnection:
     """One open WebSocket connection (client or server side).
@@ -220,6 +267,8 @@ class WebSocketConnection:
     _abort_code: int | None = attrs.field(init=False, default=None)
     _abort_reason: str = attrs.field(init=False, default="")
     _too_big_reported: bool = attrs.field(init=False, default=False)
+    # Invalid UTF-8 in a text message (found here, not by the protocol's parser).
+    _utf8_error: str | None = attrs.field(init=False, default=None)
     #: Set by a reader in poll mode (``read_ready``): called when the connection
     #: closes, so that a reader waiting on the poller and not on the fd hears of it.
     poll_wake: Callable[[], None] | None = attrs.field(init=False, default=None)
@@ -502,8 +551,9 @@ class WebSocketConnection:
 
         Raises ``ConnectionClosed(code, reason)`` once the peer closed (after the
         closing handshake is answered and the socket closed), the socket died, or
-        :meth:`close` was called. A message over ``max_message_bytes`` closes the
-        connection with 1009 and raises ``MessageTooBig`` once, then
+        :meth:`close` was called. A peer that breaks the framing fails the connection
+        (RFC 6455 §7.1.7: 1002, 1007, or 1009 for a message over ``max_message_bytes``)
+        and ``receive()`` raises ``FramingError`` (``MessageTooBig`` for 1009) once, then
         ``ConnectionClosed``. Cancelling ``receive()`` loses nothing.
 
         Several messages from one socket read are returned without touching the
@@ -690,7 +740,22 @@ class WebSocketConnection:
 
     def _fail_invalid_utf8(self, exc: UnicodeDecodeError) -> None:
         # RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection with 1007.
+        self._utf8_error = f"invalid UTF-8 in a text message: {exc.reason} at position {exc.start}"
         self._protocol.fail(1007, f"{exc.reason} at position {exc.start}")
+
+    @property
+    def framing_error(self) -> FramingError | None:
+        """How the peer broke the framing, if it did (see :func:`framing_error_kind`);
+        ``receive()`` raises it once."""
+        if self._utf8_error is not None:
+            return FramingError(self._utf8_error, "invalid_utf8")
+        exc = self._protocol.parser_exc
+        kind = framing_error_kind(exc)
+        if kind is None:
+            return None
+        if kind == "message_too_big":
+            return MessageTooBig(str(exc))
+        return FramingError(f"{exc}" or type(exc).__name__, kind)
 
     # ----------------------------------------------------------------- closing
 
@@ -809,13 +874,13 @@ class WebSocketConnection:
         return 1006, "connection lost"
 
     def _closed_error(self, *, report_too_big: bool) -> TransportError:
-        if (
-            report_too_big
-            and not self._too_big_reported
-            and isinstance(self._protocol.parser_exc, PayloadTooBig)
-        ):
-            self._too_big_reported = True
-            return MessageTooBig(str(self._protocol.parser_exc))
+        # report_too_big: receive() reports the peer's framing error (an oversize
+        # message or any other) once, as bad input, before plain ConnectionClosed.
+        if report_too_big and not self._too_big_reported:
+            error = self.framing_error
+            if error is not None:
+                self._too_big_reported = True
+                return error
         code, reason = self._close_info()
         return ConnectionClosed(code, reason)
 
@@ -903,6 +968,7 @@ async def _connect(
     max_message_bytes: int | None,
     ssl_context: ssl.SSLContext | None,
     ca_file: str | None,
+    local_address: str | None = None,
 ) -> WebSocketConnection:
     try:
         uri = parse_uri(url)
@@ -927,7 +993,9 @@ async def _connect(
     try:
         with trio.move_on_after(handshake_timeout_s) as scope:
             try:
-                stream = await trio.open_tcp_stream(uri.host, uri.port)
+                stream = await trio.open_tcp_stream(
+                    uri.host, uri.port, local_address=local_address
+                )
                 if context is not None:
                     step = "TLS handshake"
                     # server_hostname: SNI, and the certificate must match the host.
@@ -984,6 +1052,7 @@ async def open_websocket_client(
     max_message_bytes: int | None = 1 << 20,
     ssl_context: ssl.SSLContext | None = None,
     ca_file: str | None = None,
+    local_address: str | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """Connect to ``url`` (``ws://`` or ``wss://``) and yield the open connection.
 
@@ -992,7 +1061,8 @@ async def open_websocket_client(
     ``HandshakeRejected(status)``; a refused connection, DNS or TLS failure
     ``HandshakeError``; a malformed URL ``ValueError``. ``wss://`` verifies the server
     certificate and hostname against the system CA store, or ``ca_file``, or uses
-    ``ssl_context`` as given.
+    ``ssl_context`` as given. ``local_address`` binds the client socket to one of this
+    host's addresses (a multi-homed host; tests posing as several peers on 127/8).
 
     On exit the connection is closed (1000, or 1011 if the body raised), bounded by
     ``close_timeout_s``, and the keepalive task stops. If the body is cancelled the
@@ -1010,6 +1080,7 @@ async def open_websocket_client(
         max_message_bytes=max_message_bytes,
         ssl_context=ssl_context,
         ca_file=ca_file,
+        local_address=local_address,
     )
     body_error: BaseException | None = None
     try:
@@ -1046,10 +1117,10 @@ class _ServerConfig:
     ping_timeout_s: float | None
     close_timeout_s: float
     ssl_context: ssl.SSLContext | None
-    #: Called with (peer "host:port", what was wrong) for every failed handshake, so the
-    #: owner can log and count bad peers; None = only a debug line here.
-    on_bad_handshake: Callable[[str, str], None] | None = None
-    handshakes: int = 0
+    #: Called with (peer "host:port", kind, what was wrong) for every connection that
+    #: sent something and never became a WebSocket, so the owner can log and count bad
+    #: peers; kind is ``bad_handshake`` or ``handshake_timeout``. None = a debug line.
+    on_bad_handshake: Callable[[str, str, str], None] | None = None
 
 
 @attrs.define(eq=False, repr=False)
@@ -1067,7 +1138,11 @@ class WebSocketRequest:
     headers: Headers
     """Request headers (case-insensitive; ``get_all`` for repeated names)."""
     remote: tuple[str, int]
-    """The client's (host, port)."""
+    """The client's (host, port), as accept(2) reported it."""
+    deadline: float
+    """When the handshake runs out (Trio clock): ``handshake_timeout_s`` after the TCP
+    accept. A handler that waits for a first message after :meth:`accept` (with
+    ``keep_pending=True``) should wait no longer."""
     subprotocols: tuple[str, ...]
     """Subprotocols the client offered (``Sec-WebSocket-Protocol``), in its order."""
     _stream: trio.abc.Stream = attrs.field(alias="stream")
@@ -1075,7 +1150,7 @@ class WebSocketRequest:
     _response: Response = attrs.field(alias="response")
     _config: _ServerConfig = attrs.field(alias="config")
     _nursery: trio.Nursery = attrs.field(alias="nursery")
-    _slot: _HandshakeSlot = attrs.field(alias="slot")
+    _pending: Pending = attrs.field(alias="pending")
     connection: WebSocketConnection | None = attrs.field(init=False, default=None)
     """The connection, once accepted."""
     answered: bool = attrs.field(init=False, default=False)
@@ -1084,19 +1159,32 @@ class WebSocketRequest:
     def __repr__(self) -> str:
         return f"<WebSocketRequest {self.path!r} from {self.remote}>"
 
-    def _answer(self) -> None:
+    def _answer(self, *, keep_pending: bool = False) -> None:
         if self.answered:
             raise RuntimeError("this request was already accepted or rejected")
         self.answered = True
-        self._slot.release()
+        if not keep_pending:
+            self._pending.release()
+
+    def release_pending(self) -> None:
+        """The connection has proved itself: it no longer counts against the server's
+        pending limits (``max_handshakes``, ``max_handshakes_per_peer``). Idempotent;
+        done by :meth:`accept` unless ``keep_pending``, and when the handler returns."""
+        self._pending.release()
 
     async def accept(
-        self, subprotocol: str | None = None, headers: HeadersLike = ()
+        self,
+        subprotocol: str | None = None,
+        headers: HeadersLike = (),
+        *,
+        keep_pending: bool = False,
     ) -> WebSocketConnection:
         """Answer 101 and return the open connection.
 
         ``subprotocol`` must be one the client offered (RFC 6455 §4.2.2). The
-        connection is closed when the handler returns.
+        connection is closed when the handler returns. ``keep_pending``: the connection
+        still counts as a handshake in progress until :meth:`release_pending` (a
+        carrier stream is only a call once its ``start`` message came).
         """
         if self.answered:
             raise RuntimeError("this request was already accepted or rejected")
@@ -1106,7 +1194,7 @@ class WebSocketRequest:
         _add_headers(response.headers, headers)
         if subprotocol is not None:
             response.headers["Sec-WebSocket-Protocol"] = subprotocol
-        self._answer()
+        self._answer(keep_pending=keep_pending)
         protocol = self._protocol
         protocol.send_response(response)  # state -> OPEN
         protocol.subprotocol = Subprotocol(subprotocol) if subprotocol is not None else None
@@ -1208,29 +1296,29 @@ async def _linger(stream: trio.abc.Stream) -> None:
         drained += len(data)
 
 
-async def _refuse_busy(stream: trio.abc.Stream, config: _ServerConfig) -> None:
-    """Over ``max_handshakes``: answer a canned 503 without parsing anything."""
-    if not isinstance(stream, trio.SocketStream):
+async def _refuse_busy(config: _ServerConfig, stream: trio.SocketStream) -> None:
+    """Over ``max_handshakes`` in all: a canned 503 without parsing anything (the
+    accept loop runs a bounded number of these; per-peer refusals get none)."""
+    if config.ssl_context is not None:
         return  # TLS: a TLS handshake is not cheap; just drop the TCP connection
     with trio.move_on_after(min(config.handshake_timeout_s, 1.0)):
-        try:
-            await stream.send_all(_SERVICE_UNAVAILABLE)
-            await _linger(stream)
-        except trio.BrokenResourceError:
-            pass
+        await stream.send_all(_SERVICE_UNAVAILABLE)
+        await _linger(stream)
 
 
-async def _read_request(stream: trio.abc.Stream, protocol: ServerProtocol) -> Request | None:
+async def _read_request(
+    stream: trio.abc.Stream, protocol: ServerProtocol, received: list[int]
+) -> Request | None:
     """Read and parse the upgrade request; None if the client failed to send one (a
-    parse error may have queued a 4xx answer in the protocol)."""
-    received = 0
+    parse error may have queued a 4xx answer in the protocol). ``received[0]`` counts
+    the bytes read."""
     while True:
         data = await stream.receive_some(RECEIVE_BYTES)
         if not data:
             protocol.receive_eof()
             return None
-        received += len(data)
-        if received > MAX_REQUEST_BYTES:
+        received[0] += len(data)
+        if received[0] > MAX_REQUEST_BYTES:
             protocol.send_response(_rejection(431, "Request header fields too large\n", ()))
             return None
         protocol.receive_data(data)
@@ -1241,23 +1329,6 @@ async def _read_request(stream: trio.abc.Stream, protocol: ServerProtocol) -> Re
             return None
 
 
-@attrs.define(eq=False)
-class _HandshakeSlot:
-    """One of the server's ``max_handshakes`` places, held from TCP accept until the
-    handler answers (accept/reject) or the connection ends; released once."""
-
-    config: _ServerConfig
-    held: bool = True
-
-    def __attrs_post_init__(self) -> None:
-        self.config.handshakes += 1
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.config.handshakes -= 1
-
-
 async def _send_chunks(stream: trio.abc.Stream, chunks: list[bytes]) -> None:
     """Write what the protocol queued (an error response); EOF is left to the caller."""
     for chunk in chunks:
@@ -1265,97 +1336,126 @@ async def _send_chunks(stream: trio.abc.Stream, chunks: list[bytes]) -> None:
             await stream.send_all(chunk)
 
 
-async def _serve_connection(config: _ServerConfig, tcp_stream: trio.SocketStream) -> None:
-    """One accepted TCP connection, from handshake to close. Never raises: an exception
-    here would stop ``trio.serve_listeners`` and with it the whole server."""
+async def _serve_connection(
+    config: _ServerConfig,
+    tcp_stream: trio.SocketStream,
+    remote: tuple[str, int],
+    pending: Pending,
+) -> None:
+    """One admitted TCP connection, from handshake to close. Never raises: an exception
+    here would stop the accept loop and with it the whole server."""
     stream: trio.abc.Stream = tcp_stream
+    deadline = trio.current_time() + config.handshake_timeout_s
     try:
-        if config.handshakes >= config.max_handshakes:
-            _bad_handshake(config, tcp_stream, "too many handshakes in progress (503)")
-            await _refuse_busy(stream, config)
-            return
-        slot = _HandshakeSlot(config)
-        try:
-            protocol = ServerProtocol(max_size=config.max_message_bytes, logger=_protocol_logger)
-            request: Request | None = None
-            queued: list[bytes] = []
-            with trio.move_on_after(config.handshake_timeout_s) as handshake_scope:
-                try:
-                    if config.ssl_context is not None:
-                        tls = trio.SSLStream(tcp_stream, config.ssl_context, server_side=True)
-                        stream = tls
-                        await tls.do_handshake()
-                    request = await _read_request(stream, protocol)
-                    queued = protocol.data_to_send() if request is None else []
-                    if any(queued):
-                        # The 4xx the parser queued (request line or headers too long).
-                        await _send_chunks(stream, queued)
-                        await _linger(stream)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    _bad_handshake(config, tcp_stream, f"connection lost during the handshake: {exc}")
-                    return
-            if request is None:
-                # Slowloris, garbage, or the client went away: drop without ceremony.
-                if handshake_scope.cancelled_caught:
-                    why = f"no complete upgrade request within {config.handshake_timeout_s:g}s"
-                elif any(queued):
-                    why = "malformed HTTP request (answered 4xx)"
+        protocol = ServerProtocol(max_size=config.max_message_bytes, logger=_protocol_logger)
+        request: Request | None = None
+        queued: list[bytes] = []
+        received = [0]
+        with trio.move_on_at(deadline) as handshake_scope:
+            try:
+                if config.ssl_context is not None:
+                    tls = trio.SSLStream(tcp_stream, config.ssl_context, server_side=True)
+                    stream = tls
+                    await tls.do_handshake()
+                request = await _read_request(stream, protocol, received)
+                queued = protocol.data_to_send() if request is None else []
+                if any(queued):
+                    # The 4xx the parser queued (request line or headers too long).
+                    await _send_chunks(stream, queued)
+                    await _linger(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if received[0] or request is not None:
+                    _bad_handshake(
+                        config,
+                        remote,
+                        "bad_handshake",
+                        f"connection lost during the handshake after {received[0]} bytes: "
+                        f"{exc.__cause__ or exc}",
+                    )
                 else:
-                    why = "not an HTTP upgrade request (garbage, or closed early)"
-                _bad_handshake(config, tcp_stream, why)
+                    _nothing_sent(remote, f"reset before sending anything: {exc.__cause__ or exc}")
                 return
-            response = protocol.accept(request)
-            if response.status_code != 101:
-                # Not a valid WebSocket upgrade (RFC 6455 §4.2.1): 400, 405, 426...
+        if request is None:
+            # Slowloris, garbage, or the client went away: drop without ceremony.
+            if handshake_scope.cancelled_caught and not any(queued):
                 _bad_handshake(
-                    config, tcp_stream, f"not a WebSocket upgrade (HTTP {response.status_code})"
+                    config,
+                    remote,
+                    "handshake_timeout",
+                    f"no complete upgrade request within {config.handshake_timeout_s:g}s "
+                    f"({received[0]} bytes received)",
                 )
-                slot.release()
-                protocol.send_response(response)
-                with trio.move_on_after(config.send_timeout_s):
-                    await _send_chunks(stream, protocol.data_to_send())
-                return
-            path, _, raw_query = request.path.partition("?")
-            offered: list[str] = []
-            for value in request.headers.get_all("Sec-WebSocket-Protocol"):
-                offered.extend(s.strip() for s in value.split(",") if s.strip())
-            async with trio.open_nursery() as nursery:
-                ws_request = WebSocketRequest(
-                    path=path,
-                    query=dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True)),
-                    headers=request.headers,
-                    remote=_address(tcp_stream, peer=True),
-                    subprotocols=tuple(offered),
-                    stream=stream,
-                    protocol=protocol,
-                    response=response,
-                    config=config,
-                    nursery=nursery,
-                    slot=slot,
+            elif any(queued):
+                _bad_handshake(config, remote, "bad_handshake", "malformed HTTP request (answered 4xx)")
+            elif received[0]:
+                _bad_handshake(
+                    config,
+                    remote,
+                    "bad_handshake",
+                    f"not an HTTP upgrade request ({received[0]} bytes, then closed)",
                 )
-                try:
-                    await _run_handler(config, ws_request)
-                finally:
-                    # Stops the keepalive; nothing else runs in here.
-                    nursery.cancel_scope.cancel()
-        finally:
-            slot.release()
+            else:
+                _nothing_sent(remote, "closed without sending anything")
+            return
+        response = protocol.accept(request)
+        if response.status_code != 101:
+            # Not a valid WebSocket upgrade (RFC 6455 §4.2.1): 400, 405, 426...
+            _bad_handshake(
+                config,
+                remote,
+                "bad_handshake",
+                f"not a WebSocket upgrade (HTTP {response.status_code})",
+            )
+            pending.release()
+            protocol.send_response(response)
+            with trio.move_on_after(config.send_timeout_s):
+                await _send_chunks(stream, protocol.data_to_send())
+            return
+        path, _, raw_query = request.path.partition("?")
+        offered: list[str] = []
+        for value in request.headers.get_all("Sec-WebSocket-Protocol"):
+            offered.extend(s.strip() for s in value.split(",") if s.strip())
+        async with trio.open_nursery() as nursery:
+            ws_request = WebSocketRequest(
+                path=path,
+                query=dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True)),
+                headers=request.headers,
+                remote=remote,
+                deadline=deadline,
+                subprotocols=tuple(offered),
+                stream=stream,
+                protocol=protocol,
+                response=response,
+                config=config,
+                nursery=nursery,
+                pending=pending,
+            )
+            try:
+                await _run_handler(config, ws_request)
+            finally:
+                # Stops the keepalive; nothing else runs in here.
+                nursery.cancel_scope.cancel()
     except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        logger.debug("websocket connection from %s ended: %r", _address(tcp_stream, peer=True), exc)
+        logger.debug("websocket connection from %s ended: %r", format_peer(remote), exc)
     except Exception:
         logger.exception("websocket server: internal error on a connection")
     finally:
+        pending.release()
         await trio.aclose_forcefully(stream)
 
 
-def _bad_handshake(config: _ServerConfig, tcp_stream: trio.SocketStream, why: str) -> None:
-    host, port = _address(tcp_stream, peer=True)
-    peer = f"{host}:{port}"
+def _nothing_sent(remote: tuple[str, int], why: str) -> None:
+    # Connect and close with nothing sent: a TCP health check or a port scan, not bad input.
+    logger.debug("websocket connection from %s: %s", format_peer(remote), why)
+
+
+def _bad_handshake(config: _ServerConfig, remote: tuple[str, int], kind: str, why: str) -> None:
+    peer = format_peer(remote)
     if config.on_bad_handshake is None:
-        logger.debug("websocket handshake from %s failed: %s", peer, why)
+        logger.debug("websocket handshake from %s failed (%s): %s", peer, kind, why)
         return
     try:
-        config.on_bad_handshake(peer, why)
+        config.on_bad_handshake(peer, kind, why)
     except Exception:
         logger.exception("on_bad_handshake failed")
 
@@ -1391,6 +1491,7 @@ async def serve_websocket(
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
     handshake_timeout_s: float = 5.0,
     max_handshakes: int = 64,
+    max_handshakes_per_peer: int | None = None,
     max_message_bytes: int | None = 1 << 20,
     send_timeout_s: float = 2.0,
     ping_interval_s: float | None = None,
@@ -1399,24 +1500,32 @@ async def serve_websocket(
     reuse_port: bool = False,
     listeners: Sequence[trio.SocketListener] | None = None,
     ssl_context: ssl.SSLContext | None = None,
-    on_bad_handshake: Callable[[str, str], None] | None = None,
+    on_bad_handshake: Callable[[str, str, str], None] | None = None,
+    on_refused: Callable[[str, Refusal], None] | None = None,
 ) -> NoReturn:
     """Serve WebSocket connections forever; ``await handler(request)`` for each.
 
     Each accepted connection runs in a task of this server's nursery: the upgrade
-    request is read within ``handshake_timeout_s`` (slow or oversized requests are
-    dropped), at most ``max_handshakes`` handshakes run at once (more get a canned 503),
-    then ``handler(request)`` decides with ``request.accept()`` or
-    ``request.reject(status, body)``. When the handler returns the connection is closed
+    request is read within ``handshake_timeout_s`` of the TCP accept (slow or oversized
+    requests are dropped), then ``handler(request)`` decides with ``request.accept()``
+    or ``request.reject(status, body)``. At most ``max_handshakes`` handshakes run at
+    once, and ``max_handshakes_per_peer`` from one address (IPv6: one /64; None: no
+    limit of its own): a connection over the per-peer limit is reset at accept, one over
+    the total gets a canned 503; ``on_refused(peer, reason)`` hears of both, and nobody
+    already in a handshake is evicted. When the handler returns the connection is closed
     (1000, or 1011 if it raised); a handler exception is logged and never stops the
     server. ``task_status.started`` reports the bound ``(host, port)`` list (bind port
     0 and read it back). ``listeners`` replaces ``host``/``port``/``reuse_port`` with
     listeners opened by the caller (the server owns and closes them); ``ssl_context``
-    serves ``wss://``. ``on_bad_handshake(peer, why)`` is called for every connection
-    that never becomes a WebSocket (garbage, slowloris, a plain HTTP request, 503 busy).
+    serves ``wss://``. ``on_bad_handshake(peer, kind, why)`` is called for every
+    connection that sent something and never became a WebSocket (garbage, slowloris, a
+    plain HTTP request); ``kind`` is ``bad_handshake`` or ``handshake_timeout``. A
+    connection that closes without sending a byte (a TCP health check) is not reported.
+    Peers are ``"host:port"`` as accept(2) gave them.
 
-    A handshake slot is held until the handler answers, so handlers should decide
-    promptly (route lookup, auth) and do their long work after ``accept()``.
+    A handshake slot is held until the handler answers (or, with
+    ``accept(keep_pending=True)``, until ``request.release_pending()``), so handlers
+    should decide promptly (route lookup, auth) and do their long work after that.
     """
     if listeners is None:
         bound = await open_tcp_listeners(host, port, reuse_port=reuse_port)
@@ -1434,14 +1543,25 @@ async def serve_websocket(
         ssl_context=ssl_context,
         on_bad_handshake=on_bad_handshake,
     )
+    per_peer = max_handshakes if max_handshakes_per_peer is None else max_handshakes_per_peer
+    admission = Admission(max_handshakes, min(per_peer, max_handshakes))
+
+    def refused(peer: tuple[str, int], reason: Refusal) -> None:
+        if on_refused is not None:
+            on_refused(format_peer(peer), reason)
+        elif reason == "too_many_pending_per_peer":
+            logger.debug("websocket connection from %s reset: %s", format_peer(peer), reason)
+
     async with trio.open_nursery() as nursery:
         await nursery.start(
             functools.partial(
-                trio.serve_listeners,
+                serve_admitted,
                 functools.partial(_serve_connection, config),
                 bound,
-                handler_nursery=nursery,
+                admission,
+                on_refused=refused,
+                busy_answer=functools.partial(_refuse_busy, config),
             )
         )
         task_status.started(listener_addresses(bound))
-    raise AssertionError("unreachable: serve_listeners never returns")  # pragma: no cover
+    raise AssertionError("unreachable: the accept loops never return")  # pragma: no cover

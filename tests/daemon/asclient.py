@@ -19,8 +19,10 @@ class AudioSocketCaller:
         self.hung_up = False
 
     @classmethod
-    async def connect(cls, host: str, port: int, sample_rate: int = 8000) -> AudioSocketCaller:
-        stream = await trio.open_tcp_stream(host, port)
+    async def connect(
+        cls, host: str, port: int, sample_rate: int = 8000, *, local_address: str | None = None
+    ) -> AudioSocketCaller:
+        stream = await trio.open_tcp_stream(host, port, local_address=local_address)
         caller = cls(stream, sample_rate)
         for message in caller.dialect.send(caller.dialect.start_event()):
             assert isinstance(message, bytes)

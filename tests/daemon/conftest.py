@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -67,3 +69,12 @@ async def daemon_factory(tmp_path: Path) -> AsyncIterator[object]:
         yield start
         nursery.cancel_scope.cancel()
 
+
+
+@pytest.fixture
+def bridge_logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """caplog, made to see every ``bridge.*`` record at INFO and above even if another
+    test configured logging (``configure_logging`` stops propagation to the root)."""
+    monkeypatch.setattr(logging.getLogger("bridge"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="bridge")
+    return caplog

@@ -227,6 +227,14 @@ def test_parse_listen_rejects(text: str) -> None:
         ("[rtp]\njitter_start = '300ms'", "rtp.jitter_start"),
         ("[callbacks]\nmax_backoff = '100ms'", "callbacks.max_backoff"),
         ("[websocket]\nmax_message_bytes = 100", "websocket.max_message_bytes"),
+        ("[websocket]\nmax_handshakes_per_peer = 0", "websocket.max_handshakes_per_peer"),
+        ("[audiosocket]\nmax_pending_per_peer = 0", "audiosocket.max_pending_per_peer"),
+        ("[daemon]\nbad_input_log_per_interval = -1", "daemon.bad_input_log_per_interval"),
+        ("[daemon]\nbad_input_log_interval = '10'", "daemon.bad_input_log_interval"),
+        ("[daemon]\nbad_input_log_interval = '2h'", "daemon.bad_input_log_interval"),
+        # credentials: visible ASCII only
+        ("[admin]\ntoken = 'two words'", "admin.token"),
+        (WS_ROUTE + "auth = { token = 'caf\u00e9' }", "routes[0].auth.token"),
         ("[records]\npath = ''", "records.path"),
         # routes
         (WS_ROUTE.replace("ws://", "http://"), "routes[0].app.url"),
@@ -539,6 +547,8 @@ def test_dump_redacts_secrets() -> None:
 
 # codec="utf-8" keeps surrogates out: they cannot be written to a file at all.
 _safe_text = st.text(st.characters(codec="utf-8"), max_size=12)
+# Tokens and secrets are visible ASCII (they are compared as bytes with what peers send).
+_credential = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=12)
 _header_value = st.text(st.characters(codec="utf-8", exclude_characters="\r\n\0"), max_size=8)
 _names = st.from_regex(r"[A-Za-z0-9_.-]{1,10}", fullmatch=True)
 _opt = st.none
@@ -605,7 +615,7 @@ def _routes(draw: st.DrawFn) -> tuple[RouteConfig, ...]:
                     sample_rate=st.just(16000),
                     ca_file=_safe_text,
                 ),
-                st.builds(AppConfig, mode=st.just("accept"), token=_safe_text),
+                st.builds(AppConfig, mode=st.just("accept"), token=_credential),
             )
         )
         routes.append(
@@ -617,10 +627,10 @@ def _routes(draw: st.DrawFn) -> tuple[RouteConfig, ...]:
                 callback=draw(
                     _opt()
                     | st.builds(
-                        CallbackConfig, url=st.just("https://e.example.com/cb"), secret=_safe_text
+                        CallbackConfig, url=st.just("https://e.example.com/cb"), secret=_credential
                     )
                 ),
-                auth=draw(_opt() | st.builds(AuthConfig, token=_safe_text)) if ws else None,
+                auth=draw(_opt() | st.builds(AuthConfig, token=_credential)) if ws else None,
                 stream=draw(_stream_overrides()),
             )
         )
@@ -636,7 +646,7 @@ _configs = st.builds(
         drain_timeout=st.sampled_from(["0s", "30s", "2.5m"]),
         max_streams=st.integers(1, 1_000_000),
     ),
-    admin=st.builds(AdminConfig, listen=st.sampled_from(["", "127.0.0.1:18081"]), token=_safe_text),
+    admin=st.builds(AdminConfig, listen=st.sampled_from(["", "127.0.0.1:18081"]), token=_credential),
     audiosocket=st.builds(
         AudioSocketConfig, listen=st.sampled_from(["", "[::1]:9092"]), reuse_port=st.booleans()
     ),
@@ -662,7 +672,8 @@ def test_dump_escapes_awkward_strings() -> None:
     awkward = "a\"b\\c\n\t\x7f\x01 é 😀 'q'"
     config = Config(
         stream=StreamConfig(hold_audio=awkward),
-        admin=AdminConfig(token=awkward),
+        # A credential is visible ASCII, but may hold TOML's own quote and escape.
+        admin=AdminConfig(token="a\"b\\c'q'"),
         routes=(_route("ws", "websocket", path="/x"),),
     )
     config = msgspec.structs.replace(

@@ -12,8 +12,12 @@ from enum import Enum
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bridge.daemon._logging import configure_logging, stream_logger
+from bridge.daemon._logging import BadPeerLog, LogBudget, configure_logging, stream_logger
 
 
 @pytest.fixture(autouse=True)
@@ -196,3 +200,82 @@ def test_log_once_is_bounded() -> None:
     log = stream_logger("s-1", logger=logging.getLogger("bridge.test.bounded"))
     logged = sum(log.log_once(f"k{i}", logging.DEBUG, "x") for i in range(1000))
     assert logged == log.MAX_ONCE_KEYS
+
+
+# ------------------------------------------------------------------ bad peers, rate limited
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(0, 6),
+    st.floats(0.1, 10.0),
+    st.lists(st.tuples(st.floats(0.0, 5.0), st.sampled_from("abc")), max_size=150),
+)
+def test_log_budget_never_lets_more_than_max_lines_into_any_interval(
+    max_lines: int, interval_s: float, gaps: list[tuple[float, str]]
+) -> None:
+    budget = LogBudget(max_lines, interval_s)
+    now = 0.0
+    allowed: list[float] = []
+    held = 0
+    summarised = 0
+    last_summary: float | None = None
+    for gap, key in gaps:
+        now += gap
+        summary = budget.summary(now)
+        if summary is not None:
+            summarised += sum(summary.values())
+            assert last_summary is None or now - last_summary >= interval_s - 1e-9
+            last_summary = now
+        if budget.allow(key, now):
+            allowed.append(now)
+        else:
+            held += 1
+    # Sliding window: any interval of interval_s, wherever it starts, holds <= max_lines.
+    for i, t in enumerate(allowed):
+        assert sum(1 for u in allowed[i:] if u - t < interval_s) <= max_lines
+    final = budget.summary(now, force=True) or {}
+    assert summarised + sum(final.values()) == held == budget.held_total
+    assert len(allowed) == budget.allowed_total
+
+
+def test_log_budget_summary_is_due_one_interval_after_the_first_held_line() -> None:
+    budget = LogBudget(2, 10.0)
+    assert budget.allow("x", 0.0) and budget.allow("x", 1.0)
+    assert not budget.allow("x", 2.0) and not budget.allow("y", 3.0)
+    assert budget.summary(11.9) is None
+    assert budget.summary(12.0) == {"x": 1, "y": 1}
+    assert budget.summary(30.0) is None  # nothing held since
+    assert budget.allow("x", 10.0)  # the line at 0.0 has left the window
+
+
+async def test_bad_peer_log_writes_the_summary_when_due_and_at_the_end(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.test")
+    log = BadPeerLog.create(logging.getLogger("bridge.test"), 2, 10.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.serve)
+        written = [log.warning("k", "bad %d", i, extra={"peer": f"p{i}"}) for i in range(5)]
+        assert written == [True, True, False, False, False]
+        await trio.sleep(10.5)  # the summary falls due with no further line
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages == ["bad 0", "bad 1", "suppressed 3 bad-input lines in the last 10s: by kind k=3"]
+        assert caplog.records[-1].suppressed == 3  # type: ignore[attr-defined]
+        await trio.sleep(0.5)  # the first two lines have left the window
+        later = [log.warning("j", "late", extra={}) for _ in range(3)]
+        assert later == [True, True, False]
+        nursery.cancel_scope.cancel()
+    # Cancelled before that one fell due: written at the end, not lost.
+    assert caplog.records[-1].getMessage() == "suppressed 1 bad-input lines in the last 10s: by kind j=1"
+
+
+async def test_bad_peer_log_new_limits_on_reload(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.test")
+    log = BadPeerLog.create(logging.getLogger("bridge.test"), 1, 10.0)
+    assert [log.warning("k", "x", extra={}) for _ in range(3)] == [True, False, False]
+    log.configure(1, 10.0)  # unchanged: nothing happens
+    assert len(caplog.records) == 1
+    log.configure(5, 1.0)  # what was held back is summarised, then the new budget applies
+    assert caplog.records[-1].getMessage().startswith("suppressed 2 bad-input lines")
+    assert all(log.warning("k", "y", extra={}) for _ in range(5))

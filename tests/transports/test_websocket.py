@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 
 import pytest
 import trio
@@ -13,6 +14,7 @@ import trio.testing
 
 from bridge import (
     ConnectionClosed,
+    FramingError,
     HandshakeError,
     HandshakeRejected,
     MessageTooBig,
@@ -171,6 +173,10 @@ async def test_invalid_utf8_fails_with_1007(start_server: StartServer) -> None:
 
     async def handler(request: WebSocketRequest) -> None:
         ws = await request.accept()
+        # Bad input, reported once as such (so it can be counted), then closed.
+        with pytest.raises(FramingError) as bad:
+            await ws.receive()
+        assert bad.value.kind == "invalid_utf8"
         with pytest.raises(ConnectionClosed) as info:
             await ws.receive()
         seen.append(info.value.code)
@@ -618,6 +624,113 @@ async def test_max_handshakes_answers_503(start_server: StartServer) -> None:
         async with open_websocket_client(url(port)) as ws:
             await ws.send("room again")
             assert await ws.receive() == "room again"
+
+
+async def test_bad_handshake_names_the_peer_even_after_a_reset(start_server: StartServer) -> None:
+    """A client that sends half a request and resets: the report used to name it ":0"
+    (getpeername() fails with ENOTCONN once the peer has reset; the address accept(2)
+    returned is kept instead)."""
+    reports: list[tuple[str, str, str]] = []
+    port = await start_server(
+        echo_handler, on_bad_handshake=lambda *report: reports.append(report)
+    )
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        host, client_port = stream.socket.getsockname()[:2]
+        await stream.send_all(b"GET /twilio HTTP/1.1\r\nHost: x\r\n")
+        await trio.sleep(0.05)  # the server has read it
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()  # RST
+        while not reports:
+            await trio.sleep(0.01)
+    peer, kind, why = reports[0]
+    assert peer == f"{host}:{client_port}", (peer, why)
+    assert kind == "bad_handshake"
+
+
+async def test_nothing_sent_is_not_a_bad_handshake(start_server: StartServer) -> None:
+    """Connect and close (a TCP health check): no report; the next request is served."""
+    reports: list[tuple[str, str, str]] = []
+    port = await start_server(echo_handler, on_bad_handshake=lambda *r: reports.append(r))
+    with trio.fail_after(5):
+        for _ in range(3):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.aclose()
+        async with open_websocket_client(url(port)) as ws:
+            await ws.send("hi")
+            assert await ws.receive() == "hi"
+    assert reports == []
+
+
+async def test_handshakes_per_peer_are_limited_and_counted(start_server: StartServer) -> None:
+    """Over max_handshakes_per_peer a connection is reset at accept (no 503, no task);
+    another address is still served, and the stalled ones keep their places."""
+    refusals: list[tuple[str, str]] = []
+    port = await start_server(
+        echo_handler,
+        max_handshakes=8,
+        max_handshakes_per_peer=2,
+        handshake_timeout_s=5,
+        on_refused=lambda peer, why: refusals.append((peer, why)),
+    )
+    with trio.fail_after(5):
+        stalled = [
+            await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+            for _ in range(2)
+        ]
+        await trio.sleep(0.05)
+        with pytest.raises(HandshakeError):
+            async with open_websocket_client(url(port), local_address="127.0.0.2"):
+                pass  # pragma: no cover
+        async with open_websocket_client(url(port), local_address="127.0.0.3") as ws:
+            await ws.send("another peer")
+            assert await ws.receive() == "another peer"
+        assert [why for _, why in refusals] == ["too_many_pending_per_peer"]
+        assert refusals[0][0].startswith("127.0.0.2:")
+        for stream in stalled:
+            await stream.aclose()
+
+
+async def test_keep_pending_holds_the_slot_until_released(start_server: StartServer) -> None:
+    """accept(keep_pending=True): the connection still counts against the limits (a
+    carrier stream waiting for its start message) until release_pending()."""
+    go = trio.Event()
+    handlers = 0
+
+    async def handler(request: WebSocketRequest) -> None:
+        nonlocal handlers
+        handlers += 1
+        ws = await request.accept(keep_pending=True)
+        assert request.deadline > trio.current_time()
+        if handlers == 1:
+            await ws.receive()  # the "start" message
+            await go.wait()
+        request.release_pending()
+        await echo_handler_on(ws)
+
+    port = await start_server(handler, max_handshakes=1, handshake_timeout_s=5)
+    with trio.fail_after(5):
+        async with open_websocket_client(url(port)) as first:
+            await first.send("start")
+            await trio.sleep(0.05)
+            with pytest.raises(HandshakeRejected) as info:  # the one slot is still held
+                async with open_websocket_client(url(port)):
+                    pass  # pragma: no cover
+            assert info.value.status == 503
+            go.set()
+            await first.send("ok")
+            assert await first.receive() == "ok"
+            async with open_websocket_client(url(port)) as second:  # the slot is free
+                await second.send("two")
+                assert await second.receive() == "two"
+
+
+async def echo_handler_on(ws: WebSocketConnection) -> None:
+    try:
+        while True:
+            await ws.send(await ws.receive())
+    except ConnectionClosed:
+        pass
 
 
 # ------------------------------------------------------------------------- liveness
