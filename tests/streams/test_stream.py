@@ -15,6 +15,7 @@ import trio.testing
 
 from bridge.dialects import Audio, Clear, Dtmf, Hangup, Mark, Start
 from bridge.media import Frame
+from bridge.media._playout_policy import GRACE_S, PHASE_MARGIN_S, SEND_EARLY_S
 from bridge.streams import (
     EchoConnector,
     Stream,
@@ -22,7 +23,6 @@ from bridge.streams import (
     StreamState,
     Ticker,
 )
-from bridge.media._playout_policy import GRACE_S, PHASE_MARGIN_S, SEND_EARLY_S
 
 from .fakes import FakeAppConnection, FakeCallLeg, ScriptedConnector
 
