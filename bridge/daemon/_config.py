@@ -394,7 +394,7 @@ class RtpConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True)
     ports: str = "40000-40999"
     timeout: Duration = "10s"
     latch_packets: int = 4
-    jitter_start: Duration = "60ms"
+    jitter_start: Duration = "20ms"
     jitter_max: Duration = "200ms"
 
     _CHECKS = {
