@@ -107,6 +107,8 @@ class PlayoutBuffer:
     _armed: bool = attrs.field(default=False, init=False, repr=False)
     _drained: bool = attrs.field(default=False, init=False, repr=False)
     # A cut at the end of the queue: the next complete frame is spliced in from this.
+    #: Frames whose audio a splice changed (the frame after each cut).
+    spliced: int = attrs.field(default=0, init=False)
     _splice_from: bytes = attrs.field(default=b"", init=False, repr=False)
     _splice_at: int = attrs.field(default=0, init=False, repr=False)  # its absolute index
     _fade_samples: int = attrs.field(default=0, init=False, repr=False)
@@ -228,6 +230,7 @@ class PlayoutBuffer:
                 continue
             if run_first:
                 frame = splice(run_first, frame, fade_samples)
+                self.spliced += 1
                 run_first = b""
             kept.append(frame)
         self._frames = kept
@@ -251,6 +254,7 @@ class PlayoutBuffer:
         frames = self._frames
         if 0 <= i < len(frames):
             frames[i] = splice(self._splice_from, frames[i], self._fade_samples)
+            self.spliced += 1
         self._splice_from = b""
 
     def take_drained(self) -> bool:

@@ -128,6 +128,13 @@ class PlayoutPolicy:
     """Whole frames of app audio dropped by trimming."""
     trimmed_s: float = attrs.field(default=0.0, init=False)
     """All app audio trimmed (whole frames and shortened frames), in seconds."""
+    shortened_frames: int = attrs.field(default=0, init=False)
+
+    @property
+    def altered_frames(self) -> int:
+        """Frames that went out changed by a trim: spliced after a cut, or shortened."""
+        return self.buffer.spliced + self._spliced_before + self.shortened_frames
+
 
     # -- state ---------------------------------------------------------------------------
     _phased: bool = attrs.field(default=False, init=False)
@@ -138,6 +145,7 @@ class PlayoutPolicy:
     _fade_samples: int = attrs.field(default=0, init=False)
     _shorten_bytes: int = attrs.field(default=0, init=False)
     _drop_debt: int = attrs.field(default=0, init=False)
+    _spliced_before: int = attrs.field(default=0, init=False)  # by buffers replaced
     # The trimming window: where it started (grid index), messages and bytes received,
     # the shortest wait ahead of an arriving app frame; and the last window's verdict.
     _win_start: int = attrs.field(default=0, init=False)
@@ -215,6 +223,7 @@ class PlayoutPolicy:
         """The call's rate changed mid-call (AudioSocket kind switch): a new queue at the
         new frame size; queued audio is dropped, marks are kept in order."""
         old = self.buffer
+        self._spliced_before += old.spliced
         self.frame_bytes = frame_bytes
         self.buffer = PlayoutBuffer(frame_bytes, round(self.ptime_s * 1000))
         for name in old.clear():
@@ -414,4 +423,5 @@ class PlayoutPolicy:
         out = splice(pcm, pcm[cut:], self._fade_samples)
         clock.rephase(clock.next_deadline_s - cut / self._bytes_per_s)
         self.trimmed_s += cut / self._bytes_per_s
+        self.shortened_frames += 1
         return out

@@ -309,6 +309,7 @@ class Stream:
             "trims": p.trims,
             "trimmed_frames": p.trimmed_frames,
             "trimmed_ms": p.trimmed_ms,
+            "altered_frames": p.altered_frames,
             "holds": p.holds,
             "grace_sends": p.grace_sends,
             "early_sends": p.early_sends,
