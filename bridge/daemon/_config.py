@@ -525,6 +525,9 @@ class StreamConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     send_ahead: int = 0
     reconnect_window: Duration = "0s"
     accept_timeout: Duration = "10s"
+    #: Trim standing latency of a real-time app stream (media.PlayoutPolicy); turn it off
+    #: for an app that keeps a deliberate lead while sending at exactly real time.
+    trim_latency: bool = True
 
     _CHECKS = _STREAM_CHECKS
 
@@ -592,6 +595,7 @@ class StreamOverrides(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     send_ahead: int | None = None
     reconnect_window: Duration | None = None
     accept_timeout: Duration | None = None
+    trim_latency: bool | None = None
 
     _CHECKS = _STREAM_CHECKS
 

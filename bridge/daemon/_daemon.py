@@ -297,6 +297,7 @@ class Daemon:
             timeout_s=scfg.timeout_s,
             send_ahead_frames=scfg.send_ahead,
             reconnect_window_s=scfg.reconnect_window_s,
+            trim_latency=scfg.trim_latency,
             hold_pcm=hold_pcm,
             hold_sample_rate=hold_rate,
         )
