@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import trio
-
-import msgspec
 import trio_websocket
 
 from bridge.media import write_wav
