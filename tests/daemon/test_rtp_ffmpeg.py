@@ -206,53 +206,52 @@ async def _run_call(
     logs: list[bytes],
 ) -> dict[str, Any]:
     assert FFMPEG is not None
-    if True:
-        admin_host, admin_port = daemon.bound["admin"]
-        http = httpx.AsyncClient(base_url=f"http://{admin_host}:{admin_port}", timeout=5)
-        async with http, trio.open_nursery() as nursery:
-            # The receiver: bridge's output, decoded by ffmpeg's own RTP/PCMU stack.
-            receiver = [
-                FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
-                "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp),
-                "-t", str(record_s), "-ar", str(RATE), "-ac", "1",
-                "-f", "s16le", "-y", str(out),
-            ]  # fmt: skip
-            receiver_done = trio.Event()
+    admin_host, admin_port = daemon.bound["admin"]
+    http = httpx.AsyncClient(base_url=f"http://{admin_host}:{admin_port}", timeout=5)
+    async with http, trio.open_nursery() as nursery:
+        # The receiver: bridge's output, decoded by ffmpeg's own RTP/PCMU stack.
+        receiver = [
+            FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
+            "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp),
+            "-t", str(record_s), "-ar", str(RATE), "-ac", "1",
+            "-f", "s16le", "-y", str(out),
+        ]  # fmt: skip
+        receiver_done = trio.Event()
 
-            async def receive() -> None:
-                await run(receiver, logs)
-                receiver_done.set()
+        async def receive() -> None:
+            await run(receiver, logs)
+            receiver_done.set()
 
-            nursery.start_soon(receive)
-            while not port_taken(recv_port):
-                await trio.sleep(0.02)
+        nursery.start_soon(receive)
+        while not port_taken(recv_port):
+            await trio.sleep(0.02)
 
-            r = await http.post(
-                "/v1/streams",
-                json={"call_id": "ffmpeg", "route": route, "remote": f"127.0.0.1:{recv_port}"},
-            )
-            assert r.status_code == 201, r.text
-            stream_id = r.json()["stream_id"]
-            host, port = parse_addr(r.json()["local"])
-            # The sender: -re paces it in real time; asetnsamples makes one 20 ms packet
-            # per 160 samples (ffmpeg's WAV demuxer reads 256 ms blocks and would send them
-            # as 1460-byte bursts).
-            sender = [
-                FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-re",
-                "-f", "lavfi", "-i", f"amovie={wav},asetnsamples=n=160:p=0",
-                "-ar", str(RATE), "-ac", "1", "-c:a", "pcm_mulaw",
-                "-payload_type", "0", "-ssrc", "4660",
-                "-f", "rtp", f"rtp://{host}:{port}",
-            ]  # fmt: skip
-            await run(sender, logs)
-            with trio.fail_after(record_s + 2):
-                await receiver_done.wait()
-            # The receiver stopped after record_s of bridge's output: end the stream.
-            r = await http.delete(f"/v1/streams/{stream_id}")
-            assert r.status_code == 202
-            while daemon.manager.get(stream_id) is not None:
-                await trio.sleep(0.01)
-        assert opener(daemon).pool.in_use == 0
+        r = await http.post(
+            "/v1/streams",
+            json={"call_id": "ffmpeg", "route": route, "remote": f"127.0.0.1:{recv_port}"},
+        )
+        assert r.status_code == 201, r.text
+        stream_id = r.json()["stream_id"]
+        host, port = parse_addr(r.json()["local"])
+        # The sender: -re paces it in real time; asetnsamples makes one 20 ms packet
+        # per 160 samples (ffmpeg's WAV demuxer reads 256 ms blocks and would send them
+        # as 1460-byte bursts).
+        sender = [
+            FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-re",
+            "-f", "lavfi", "-i", f"amovie={wav},asetnsamples=n=160:p=0",
+            "-ar", str(RATE), "-ac", "1", "-c:a", "pcm_mulaw",
+            "-payload_type", "0", "-ssrc", "4660",
+            "-f", "rtp", f"rtp://{host}:{port}",
+        ]  # fmt: skip
+        await run(sender, logs)
+        with trio.fail_after(record_s + 2):
+            await receiver_done.wait()
+        # The receiver stopped after record_s of bridge's output: end the stream.
+        r = await http.delete(f"/v1/streams/{stream_id}")
+        assert r.status_code == 202
+        while daemon.manager.get(stream_id) is not None:
+            await trio.sleep(0.01)
+    assert opener(daemon).pool.in_use == 0
     await daemon.store.flush()
     record = await daemon.get_stream(stream_id)
     assert record is not None
