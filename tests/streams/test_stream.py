@@ -486,3 +486,87 @@ async def test_early_send_window_and_phase_shift_earlier(clock: trio.testing.Moc
     gaps = [round((b - a) * 1000, 3) for a, b in itertools.pairwise(times)]
     # The phase jump and the re-phasing never put two frames closer than half a ptime.
     assert min(gaps[2:]) > 9.9, gaps
+
+
+# -- the issue's figures, through a whole Stream on the mock clock -------------------------
+
+
+def echo_latency(call: FakeCallLeg, sent_at: dict[int, float]) -> dict[int, float]:
+    """When the caller's side plays each echoed frame (serial playout) minus when the
+    caller sent it."""
+    play = far_side_play(call.sent)
+    out = {}
+    for t, (_, pcm) in zip(play, call.sent, strict=True):
+        if any(pcm):
+            n = frame_number(pcm)
+            if n in sent_at and n not in out:
+                out[n] = t - sent_at[n]
+    return out
+
+
+@pytest.mark.parametrize("burst", [4, 6, 10, 50])
+async def test_call_leg_burst_at_start_does_not_leave_latency(
+    clock: trio.testing.MockClock, burst: int
+) -> None:
+    """First K frames back-to-back, then one every 20 ms, AudioSocket-like leg -> echo:
+    K=4 used to leave 62.7 ms for the whole call, K=6 102.6 ms. Now the standing
+    latency is trimmed within 2 s, and what was trimmed is counted."""
+    call = FakeCallLeg()
+    frames = 300
+    sent_at: dict[int, float] = {}
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(nursery, call, EchoConnector(8000))
+        await trio.sleep(0.001)
+        t0 = trio.current_time()
+        for n in range(frames):
+            at = t0 + max(0, n - burst + 1) * 0.02
+            await trio.sleep_until(at)
+            sent_at[n] = trio.current_time()
+            call.inject_audio(numbered_frame(n))
+        await trio.sleep(0.3)
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    lat = echo_latency(call, sent_at)
+    steady = max(lat[n] for n in range(frames - 50, frames) if n in lat)
+    assert steady < 0.002, steady
+    late = [n for n in lat if sent_at[n] > t0 + 2.0 and lat[n] > steady + 0.005]
+    assert not late, [(n, round(lat[n] * 1000, 1)) for n in late]
+    p = stream.playout
+    assert p.trimmed_frames == burst - 1 and len(lat) + p.trimmed_frames == frames
+
+
+async def test_frozen_event_loop_three_times_does_not_ratchet(
+    clock: trio.testing.MockClock,
+) -> None:
+    """bridge's own loop frozen for 500 ms three times (SIGSTOP/SIGCONT, a long GC pause):
+    the echo delay went 0.5 -> 503 -> 943 -> 1,383 ms. Here the mock clock jumps 500 ms
+    with nothing running: the caller's frames of that half second arrive at once, and
+    the ticker wakes 25 slots late. After each freeze the latency is back within 2 s."""
+    call = FakeCallLeg()
+    frames = 600
+    sent_at: dict[int, float] = {}
+    freezes: list[float] = []
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(nursery, call, EchoConnector(8000))
+        await trio.sleep(0.001)
+        t0 = trio.current_time()
+        for n in range(frames):
+            if n in (100, 250, 400):
+                clock.jump(0.5)  # the whole process was stopped
+                freezes.append(trio.current_time())
+            await trio.sleep_until(t0 + n * 0.02)
+            sent_at[n] = t0 + n * 0.02  # when the caller sent it (its clock ran on)
+            call.inject_audio(numbered_frame(n))
+        await trio.sleep(0.3)
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    lat = echo_latency(call, sent_at)
+    steady = sorted(lat[n] for n in range(frames - 50, frames) if n in lat)[25]
+    for i, end in enumerate(freezes):
+        until = freezes[i + 1] - 0.55 if i + 1 < len(freezes) else end + 3.0
+        after = [n for n in lat if end + 2.0 < sent_at[n] < until]
+        assert after and all(lat[n] <= steady + 0.005 for n in after), [
+            (n, round(lat[n] * 1000, 1)) for n in after if lat[n] > steady + 0.005
+        ]
