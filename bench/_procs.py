@@ -440,6 +440,21 @@ class Bridge(Proc):
     def streams_active(self) -> float | None:
         return metric(http_text(self.admin + "/metrics"), "bridge_streams_active")
 
+    def playout_trimmed(self, settle_s: float = 10.0) -> int:
+        """Caller frames bridge's playout deliberately did not return intact: dropped to
+        remove standing latency after a burst, or changed by the cut (cross-faded or
+        shortened, which a sample-exact watermark does not survive). A watermark count
+        sees these as lost; they are not losses but decisions, counted by bridge.
+
+        Read once the streams have closed (a stream's last counts reach the metrics when
+        it closes), waiting up to ``settle_s`` for that."""
+        wait_until(lambda: not self.live_streams(), settle_s, 0.1)
+        text = http_text(self.admin + "/metrics")
+        return int(
+            (metric(text, "bridge_playout_trimmed_frames_total") or 0)
+            + (metric(text, "bridge_playout_altered_frames_total") or 0)
+        )
+
     def tasks(self) -> float | None:
         """``bridge_tasks``: every Trio task alive in the daemon, counted at scrape."""
         return metric(http_text(self.admin + "/metrics"), "bridge_tasks")

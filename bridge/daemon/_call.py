@@ -166,6 +166,10 @@ class CallOptions:
     tail_s: float = 1.0
     """After the last frame, wait at most this long for frames still in flight."""
     connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    rtp_preamble: int = 3
+    """rtp: silent packets sent (paced) before the first frame. bridge latches onto an RTP
+    source after ``[rtp] latch_packets`` (4) sequential packets and, as Asterisk's
+    strict RTP does, plays none of the probation's packets but the last: these carry it."""
 
     def __attrs_post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -666,6 +670,8 @@ class Call:
     _leg: _Leg | None = attrs.field(default=None, init=False)
     _clock: PacingClock | None = attrs.field(default=None, init=False)
     _total: int = attrs.field(default=0, init=False)
+    _preamble: int = attrs.field(default=0, init=False)
+    _preamble_slots: int = attrs.field(default=0, init=False)
     _next: int = attrs.field(default=0, init=False)
     _sent_at: array.array[float] = attrs.field(
         factory=lambda: array.array("d", bytes(8 * _RING)), init=False
@@ -691,6 +697,8 @@ class Call:
             target=opts.resolved_target,
         )
         self._total = opts.frames_per_call
+        self._preamble = opts.rtp_preamble if opts.transport == "rtp" else 0
+        self._preamble_slots = self._preamble
         self._seen = bytearray(self._total)
         if self.record:
             self.recording = []
@@ -893,6 +901,10 @@ class Call:
             n = self._next
             try:
                 for _ in range(due):
+                    if self._preamble:
+                        self._preamble -= 1
+                        leg.send_nowait(send_audio(bytes(len(frames[0]))))
+                        continue
                     if n >= total:
                         break
                     pcm = stamp(frames[n % len(frames)], n)
@@ -905,7 +917,7 @@ class Call:
                 self._fail(exc)
             self.shared.frames_sent += n - self._next
             self._next = n
-        if clock.index >= self._total or self._failure is not None:
+        if clock.index >= self._total + self._preamble_slots or self._failure is not None:
             self._sending_done.set()
             if self.result.frames_echoed >= self._next:
                 self._all_back.set()

@@ -439,7 +439,7 @@ class RtpConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True)
     ports: str = "40000-40999"
     timeout: Duration = "10s"
     latch_packets: int = 4
-    jitter_start: Duration = "60ms"
+    jitter_start: Duration = "20ms"
     jitter_max: Duration = "200ms"
 
     _CHECKS = {
@@ -570,6 +570,9 @@ class StreamConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     send_ahead: int = 0
     reconnect_window: Duration = "0s"
     accept_timeout: Duration = "10s"
+    #: Trim standing latency of a real-time app stream (media.PlayoutPolicy); turn it off
+    #: for an app that keeps a deliberate lead while sending at exactly real time.
+    trim_latency: bool = True
 
     _CHECKS = _STREAM_CHECKS
 
@@ -637,6 +640,7 @@ class StreamOverrides(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     send_ahead: int | None = None
     reconnect_window: Duration | None = None
     accept_timeout: Duration | None = None
+    trim_latency: bool | None = None
 
     _CHECKS = _STREAM_CHECKS
 

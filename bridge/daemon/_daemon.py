@@ -85,7 +85,8 @@ class Daemon:
     #: Accept-mode streams waiting for their app to dial in, by stream id.
     accept_slots: dict[str, Any] = attrs.field(factory=dict)
     _cancel: trio.CancelScope | None = None
-    _sampled: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    #: Each live stream's counters as last moved into Prometheus (see _add_samples).
+    _sampled: dict[str, tuple[int, int, int, float, int, int]] = attrs.field(factory=dict)
     started_monotonic: float = attrs.field(factory=time.monotonic)
     #: The rate limit of every bad-peer WARNING line (``[daemon] bad_input_log_*``).
     bad_peers: BadPeerLog = attrs.field(init=False)
@@ -176,21 +177,40 @@ class Daemon:
         last_ticks = 0
         while True:
             await trio.sleep(1.0)
-            seen: dict[str, tuple[int, int]] = {}
-            d_in = d_out = 0
+            seen: dict[str, tuple[int, int, int, float, int, int]] = {}
             for stream in self.manager.live():
-                prev = self._sampled.get(stream.stream_id, (0, 0))
-                d_in += stream.frames_in - prev[0]
-                d_out += stream.frames_out - prev[1]
-                seen[stream.stream_id] = (stream.frames_in, stream.frames_out)
+                seen[stream.stream_id] = self._add_samples(stream)
             self._sampled = seen
-            m.add_frames("call_to_app", d_in)
-            m.add_frames("app_to_call", d_out)
             ticks = self.ticker.ticks
             if ticks != last_ticks and self.ticker.wakeups:
                 m.ticker_lag.observe(self.ticker.lag_max_s)
                 self.ticker.lag_max_s = 0.0
             last_ticks = ticks
+
+    def _add_samples(self, stream: Stream) -> tuple[int, int, int, float, int, int]:
+        """Move what ``stream`` counted since the last sample into Prometheus."""
+        playout = stream.playout
+        now = (
+            stream.frames_in,
+            stream.frames_out,
+            playout.trimmed_frames,
+            playout.trimmed_s,
+            stream.jitter_counters().get("concealed", 0),
+            playout.altered_frames,
+        )
+        prev = self._sampled.get(stream.stream_id, (0, 0, 0, 0.0, 0, 0))
+        m = self.metrics
+        m.add_frames("call_to_app", now[0] - prev[0])
+        m.add_frames("app_to_call", now[1] - prev[1])
+        if now[2] > prev[2]:
+            m.playout_trimmed_frames.inc(now[2] - prev[2])
+        if now[3] > prev[3]:
+            m.playout_trimmed_seconds.inc(now[3] - prev[3])
+        if now[4] > prev[4]:
+            m.frames_concealed.inc(now[4] - prev[4])
+        if now[5] > prev[5]:
+            m.playout_altered_frames.inc(now[5] - prev[5])
+        return now
 
     def _status(self) -> str:
         n = self.manager.live_count
@@ -288,6 +308,7 @@ class Daemon:
             timeout_s=scfg.timeout_s,
             send_ahead_frames=scfg.send_ahead,
             reconnect_window_s=scfg.reconnect_window_s,
+            trim_latency=scfg.trim_latency,
             hold_pcm=hold_pcm,
             hold_sample_rate=hold_rate,
         )
@@ -461,9 +482,8 @@ class Daemon:
         reason = stream.reason or "shutdown"
         self.metrics.stream_ended(stream.route, reason)
         self.metrics.uplink_buffer_fill.observe(stream.max_buffer_percent / 100.0)
-        prev = self._sampled.pop(stream.stream_id, (0, 0))
-        self.metrics.add_frames("call_to_app", stream.frames_in - prev[0])
-        self.metrics.add_frames("app_to_call", stream.frames_out - prev[1])
+        self._add_samples(stream)
+        self._sampled.pop(stream.stream_id, None)
         lat = stream.lateness_ms()
         started = stream.started_at
         ended = stream.ended_at or datetime.now(UTC)
@@ -489,6 +509,7 @@ class Daemon:
             lateness_p99_ms=float(lat["p99"]),
             lateness_max_ms=float(lat["max"]),
             jitter=stream.jitter_counters(),
+            playout=stream.playout_counters(),
             events=tuple(stream.log),
         )
         if self.store is not None:

@@ -428,6 +428,10 @@ def _convert_jitter(value: Mapping[str, int] | None) -> dict[str, int]:
     return counters
 
 
+def _convert_counts(value: Mapping[str, int] | None) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (value or {}).items()}
+
+
 def _default_duration(record: StreamRecord) -> float:
     return max(0.0, (record.ended_at - record.started_at).total_seconds())
 
@@ -464,6 +468,9 @@ class StreamRecord:
     lateness_p99_ms: float = 0.0
     lateness_max_ms: float = 0.0
     jitter: Mapping[str, int] = attrs.field(factory=dict, converter=_convert_jitter)
+    #: What the playout policy did to the app's audio: trims, trimmed_frames, trimmed_ms,
+    #: holds, grace_sends, early_sends, skipped_slots.
+    playout: Mapping[str, int] = attrs.field(factory=dict, converter=_convert_counts)
     events: tuple[Mapping[str, Any], ...] = attrs.field(factory=tuple, converter=_convert_log)
 
     def __attrs_post_init__(self) -> None:
@@ -495,6 +502,7 @@ class StreamRecord:
             "lateness_p99_ms": self.lateness_p99_ms,
             "lateness_max_ms": self.lateness_max_ms,
             "jitter": dict(self.jitter),
+            "playout": dict(self.playout),
             "events": [dict(e) for e in self.events],
         }
 

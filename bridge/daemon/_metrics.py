@@ -93,6 +93,9 @@ class Metrics:
     app_connect_failures: Counter = attrs.field(init=False)
     frames: Counter = attrs.field(init=False)
     frames_concealed: Counter = attrs.field(init=False)
+    playout_trimmed_frames: Counter = attrs.field(init=False)
+    playout_trimmed_seconds: Counter = attrs.field(init=False)
+    playout_altered_frames: Counter = attrs.field(init=False)
     #: Every stream's paced-frame lateness, recorded by the streams' own clocks
     #: (``Stream.lateness_total``): exported as ``bridge_pacing_lateness_seconds``.
     lateness_total: LatenessHistogram = attrs.field(init=False)
@@ -173,7 +176,22 @@ class Metrics:
         )
         self.frames_concealed = Counter(
             "bridge_frames_concealed",
-            "Call-leg frames replaced by concealment (lost or late).",
+            "Call-leg (RTP) frames synthesised to cover packets declared lost.",
+            registry=r,
+        )
+        self.playout_trimmed_frames = Counter(
+            "bridge_playout_trimmed_frames",
+            "Whole frames of app audio dropped to remove standing latency (PlayoutPolicy).",
+            registry=r,
+        )
+        self.playout_trimmed_seconds = Counter(
+            "bridge_playout_trimmed_seconds",
+            "App audio removed to keep latency down (whole frames and shortened ones), seconds.",
+            registry=r,
+        )
+        self.playout_altered_frames = Counter(
+            "bridge_playout_altered_frames",
+            "Frames of app audio changed by a trim (cross-faded after a cut, or shortened).",
             registry=r,
         )
         self.lateness_total = LatenessHistogram()

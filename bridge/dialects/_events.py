@@ -133,10 +133,13 @@ class StatsRequest:
 
 @attrs.frozen(slots=True)
 class Stats:
-    """Platform → app: how much audio is queued each way."""
+    """Platform → app: how much audio is queued each way, how much of the app's audio
+    was trimmed to keep latency down, and the call leg's jitter-buffer depth (RTP)."""
 
     queued_ms: int
     buffered_ms: int
+    trimmed_ms: int = 0
+    jitter_ms: int | None = None
 
 
 @attrs.frozen(slots=True)

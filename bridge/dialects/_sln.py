@@ -118,9 +118,11 @@ class _DrainedMsg(_Msg, frozen=True, tag="drained"):
     pass
 
 
-class _StatsMsg(_Msg, frozen=True, tag="stats"):
+class _StatsMsg(_Msg, frozen=True, tag="stats", omit_defaults=True):
     queued_ms: Annotated[int, msgspec.Meta(ge=0)]
     buffered_ms: Annotated[int, msgspec.Meta(ge=0)]
+    trimmed_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    jitter_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class _StopMsg(_Msg, frozen=True, tag="stop"):
@@ -242,7 +244,14 @@ def _events(msg: _Msg) -> list[Event]:
     if isinstance(msg, _DrainedMsg):
         return [Drained()]
     if isinstance(msg, _StatsMsg):
-        return [Stats(queued_ms=msg.queued_ms, buffered_ms=msg.buffered_ms)]
+        return [
+            Stats(
+                queued_ms=msg.queued_ms,
+                buffered_ms=msg.buffered_ms,
+                trimmed_ms=msg.trimmed_ms,
+                jitter_ms=msg.jitter_ms,
+            )
+        ]
     if isinstance(msg, _StopMsg):
         return [Stop(msg.reason)]
     raise AssertionError(f"unhandled sln message {msg!r}")  # pragma: no cover
@@ -295,7 +304,12 @@ def encode_control(event: Event, role: Role, *, frame_ms: int = 20) -> str | Non
         elif isinstance(event, Drained):
             msg = _DrainedMsg()
         elif isinstance(event, Stats):
-            msg = _StatsMsg(queued_ms=event.queued_ms, buffered_ms=event.buffered_ms)
+            msg = _StatsMsg(
+                queued_ms=event.queued_ms,
+                buffered_ms=event.buffered_ms,
+                trimmed_ms=event.trimmed_ms,
+                jitter_ms=event.jitter_ms,
+            )
         elif isinstance(event, Stop):
             msg = _StopMsg(reason=event.reason)
         else:

@@ -8,7 +8,8 @@ from ._codecs import L16_BE, L16_LE, PCMA, PCMU, Codec, codec_for
 from ._frame import Frame, frame_bytes, frame_samples
 from ._jitter import JitterBuffer, JitterStats
 from ._pacing import LatenessHistogram, PacingClock
-from ._playout import PlayoutBuffer
+from ._playout import PlayoutBuffer, splice
+from ._playout_policy import PlayoutPolicy
 from ._resample import Resampler
 from ._wav import read_wav, write_wav
 
@@ -24,10 +25,12 @@ __all__ = [
     "LatenessHistogram",
     "PacingClock",
     "PlayoutBuffer",
+    "PlayoutPolicy",
     "Resampler",
     "codec_for",
     "frame_bytes",
     "frame_samples",
     "read_wav",
+    "splice",
     "write_wav",
 ]

@@ -1,55 +1,57 @@
-"""A fixed-delay jitter buffer for audio arriving as RTP packets.
+"""An adaptive jitter buffer for audio arriving as RTP packets (the RTP call leg's input).
 
-``push`` is called by the reader for every packet as it arrives; ``pop`` is called once
-per 20 ms tick and returns exactly one frame of PCM16. Nothing here knows about sockets
-or time: the caller's tick is the clock.
+``push`` is called for every packet as it arrives; ``pop`` hands out frames of
+``ptime_ms`` of PCM16 **as soon as they are in order**, and ``None`` when nothing is ready.
+Nothing here knows about sockets or time: ``now_s`` is passed in.
 
-Design decisions (the lead asked for them to be written down):
+What it is for. The caller's audio goes to an application over a WebSocket, not to a
+loudspeaker: nothing downstream needs it evenly spaced, but it must be in order, without
+duplicates, and with real losses concealed rather than silently closed up. So the buffer
+delays audio only where it must: an in-order packet goes out at once (no added latency
+on a clean network, whatever its jitter), and only a *gap* in the sequence holds the
+packets behind it, for at most the current **wait**, in case the missing packet was only
+reordered. The design decisions, written down:
 
-* **Ordering is by RTP sequence number** (RFC 3550 §5.1), extended past the 16-bit
-  wrap with serial-number arithmetic (the signed 16-bit distance from the newest
-  sequence number seen, as in RFC 3550 Appendix A.1). ``timestamp`` is accepted but not
-  used: a timestamp jump without a sequence gap is silence suppression, and playing the
-  next packet straight away is the right thing to do for it.
-* **Packets are expected to carry one ptime of audio**, but any whole number of samples
-  is accepted. The queue is a byte stream in sequence order, so 10 ms or 30 ms packets
-  play gap-free (a 30 ms packet fills one frame and the first half of the next). A
-  frame that cannot be completed because the next packet is missing is padded with
-  silence. A missing packet is concealed as one ptime of audio, and depth counts a
-  missing packet as one ptime.
-* **Start threshold.** ``pop`` returns ``None`` until ``start_ms`` of audio is queued.
-* **Depth** is the playout delay of the newest packet: the audio queued plus one ptime
-  for every gap between the playout point and the newest packet. Above ``max_depth_ms``
-  the oldest audio is dropped (``overflow``; gaps skipped this way count as ``lost``).
-* **Loss.** When the next packet is missing but later ones are queued, it is declared
-  lost and concealed: the last frame is repeated at half the amplitude, twice (-6 dB,
-  -12 dB), then silence follows. Exception: while the audio queued *behind* the gap
-  still meets ``start_ms``, the gap is skipped with no concealment frame at all; that is
-  where latency added by underruns (below) drains away again.
-* **Underrun.** When nothing at all is queued, the stream may have paused (hold, silence
-  suppression) or the next packet is just late. The buffer conceals up to two frames
-  *without* moving the playout point (a late packet still plays, 20 ms later than
-  planned), then goes **idle**: ``pop`` returns ``None`` and the start threshold applies
-  again; playback resumes at the first packet then queued. This keeps a delay spike
-  from turning every packet after it into a late one.
+* **Ordering is by RTP sequence number** (RFC 3550 §5.1), unwrapped past the 16-bit wrap
+  with serial-number arithmetic (RFC 3550 Appendix A.1). A timestamp jump without a
+  sequence gap is silence suppression (DTX): nothing is missing and nothing is invented;
+  the app simply gets no audio for the silence, as it would from a silent caller.
+* **Concealment only for real loss.** When a gap's wait runs out, its packets are
+  declared lost (``lost``) and covered: the last packet's audio is repeated at half
+  amplitude, twice (-6, -12 dB; ``concealed`` counts these), and silence fills the rest
+  of a short gap; a long gap (more than ``MAX_CONCEAL_PACKETS``) is covered for that many
+  packets only and then left as a gap. A pause or a late packet is never concealed:
+  nothing is synthesised while packets keep coming in order, and a packet that arrives
+  after its gap was concealed is dropped (``late``), never played twice.
+* **The wait adapts to the network** ("depth" in stats and records): it starts at
+  ``start_ms`` and
+  - grows at once when a packet comes late: to its lateness plus ``WAIT_MARGIN_S``;
+  - follows the reordering it sees: a gap filled in time keeps the wait at least its
+    delay plus the margin;
+  - shrinks when the network is calm: toward the largest delay seen in the last
+    ``CALM_WINDOW_S`` (plus the margin), by at most ``SHRINK_PER_S`` per second;
+  - stays within ``min_ms`` .. ``max_depth_ms``.
+* **Bounded.** Audio held behind a gap never exceeds ``max_depth_ms``: beyond it the gap
+  is declared lost at once (``overflow`` counts those decisions).
+* **Any packet size.** Packets are expected to carry one ptime of audio, but any whole
+  number of samples is accepted: the output is a byte stream cut into frames; a tail
+  shorter than a frame goes out padded once no more audio has come for two ptimes.
 * **Probation.** A sequence number more than ``window`` packets from the newest one
   seen is not trusted at once (RFC 3550 A.1 ``MAX_DROPOUT``/``MAX_MISORDER``): it is
   dropped, and if the next packet continues from it the sender restarted its sequence
   and the buffer resets. An SSRC change resets at once.
 
 Accounting: every pushed packet ends up in exactly one of ``played``, ``late``,
-``duplicate``, ``overflow``, ``discarded`` or is still queued::
+``duplicate``, ``discarded`` or is still held::
 
-    received == played + late + duplicate + overflow + discarded + packets_queued
-
-``lost`` counts sequence numbers the playout point passed with no packet, ``concealed``
-counts frames synthesised by repetition (not silence), ``reordered`` counts packets
-accepted although a newer one had arrived first.
+    received == played + late + duplicate + discarded + packets_queued
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections import deque
 
 import attrs
 
@@ -62,34 +64,48 @@ __all__ = ["JitterBuffer", "JitterStats"]
 
 _SEQ_MOD = 0x10000
 _SEQ_HALF = 0x8000
-_HISTORY_MASK = (1 << 64) - 1  # played-packet history kept to tell duplicates from late
-_MAX_CONCEAL = 2  # faded repeats before silence
+_HISTORY_MASK = (1 << 64) - 1  # released-packet history, to tell duplicates from late
+#: Faded repeats of the last packet before silence.
+_MAX_REPEATS = 2
+#: A longer loss is covered for this many packets, then left as a gap.
+MAX_CONCEAL_PACKETS = 5
+#: Headroom over the reordering delay seen, and how the wait relaxes when calm.
+WAIT_MARGIN_S = 0.005
+CALM_WINDOW_S = 10.0
+SHRINK_PER_S = 0.01
+#: Declared-lost sequence numbers remembered, to measure how late a late packet was.
+_LOST_MEMORY = 64
 
 
 @attrs.define(slots=True)
 class JitterStats:
-    """Counters of one jitter buffer (packets, except ``lost`` and ``concealed``)."""
+    """Counters of one jitter buffer (packets, except ``lost``, ``concealed`` and the
+    ``wait_*`` figures, which are milliseconds)."""
 
     received: int = 0
     """Packets pushed."""
     played: int = 0
-    """Packets whose audio has been (at least partly) returned by ``pop``."""
+    """Packets whose audio has been released in order."""
     late: int = 0
-    """Packets that arrived after the playout point had passed them."""
+    """Packets that arrived after their gap had been declared lost (dropped)."""
     duplicate: int = 0
-    """Copies of a packet already queued or played."""
+    """Copies of a packet already held or released."""
     overflow: int = 0
-    """Queued packets dropped because depth exceeded ``max_depth_ms``."""
+    """Gaps declared lost early because the audio held behind them reached the maximum."""
     discarded: int = 0
     """Packets dropped by a reset (SSRC change, sequence restart) or on probation."""
     reordered: int = 0
     """Packets accepted although a later sequence number had arrived first."""
     lost: int = 0
-    """Sequence numbers skipped by the playout point without a packet."""
+    """Sequence numbers declared lost (their wait ran out)."""
     concealed: int = 0
-    """Frames synthesised by repeating the previous frame at reduced amplitude."""
+    """Frames' worth of audio synthesised by repeating the previous packet."""
     resets: int = 0
     """Times the stream state was reset (SSRC change, sequence restart, ``reset()``)."""
+    wait_ms: int = 0
+    """The current wait for a missing packet (the buffer's depth)."""
+    wait_max_ms: int = 0
+    """The largest wait so far."""
 
 
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -106,61 +122,64 @@ def _non_negative(instance: object, attribute: attrs.Attribute[int], value: int)
 # call on every attribute store of the per-frame path (measured: ~2x the whole cost).
 @attrs.define(slots=True, on_setattr=attrs.setters.NO_OP)
 class JitterBuffer:
-    """Reorders RTP audio and hands out one ptime of PCM16 per tick. See module docs."""
+    """Reorders RTP audio and releases it as soon as it is in order. See module docs."""
 
     sample_rate: int = attrs.field(validator=_positive)
     ptime_ms: int = attrs.field(default=20, validator=_positive)
-    """Length of the frame ``pop`` returns: the caller's tick. Packets may be longer or shorter."""
-    start_ms: int = attrs.field(default=60, validator=_non_negative)
+    """Length of the frames ``pop`` returns. Packets may be longer or shorter."""
+    start_ms: int = attrs.field(default=20, validator=_non_negative)
+    """The wait for a missing packet at the start."""
     max_depth_ms: int = attrs.field(default=200, validator=_positive)
+    """The longest wait, and the most audio held behind a gap."""
+    min_ms: int = attrs.field(default=10, validator=_non_negative)
+    """The shortest wait the buffer relaxes to."""
     window: int = attrs.field(default=100, validator=_positive)
     """Packets a sequence number may be from the newest one and still be trusted."""
 
     stats: JitterStats = attrs.field(factory=JitterStats, init=False)
 
     _frame_bytes: int = attrs.field(init=False, repr=False)
-    _start_bytes: int = attrs.field(init=False, repr=False)
     _max_bytes: int = attrs.field(init=False, repr=False)
-    _silence: bytes = attrs.field(init=False, repr=False)
+    _ptime_s: float = attrs.field(init=False, repr=False)
+    _wait_s: float = attrs.field(init=False, repr=False)
 
     _ssrc: int | None = attrs.field(default=None, init=False, repr=False)
-    # Extended (unwrapped) sequence number -> PCM16.
-    _queue: dict[int, bytes] = attrs.field(factory=dict, init=False, repr=False)
-    # Bytes in _queue plus _carry.
-    _queued_bytes: int = attrs.field(default=0, init=False, repr=False)
-    # Unplayed tail of the last packet played (packets longer than a frame).
-    _carry: bytes = attrs.field(default=b"", init=False, repr=False)
-    # Extended sequence number of the next packet to play (the playout point).
+    # Extended (unwrapped) sequence number -> (PCM16, arrival time): packets held
+    # behind a gap.
+    _held: dict[int, tuple[bytes, float]] = attrs.field(factory=dict, init=False, repr=False)
+    _held_bytes: int = attrs.field(default=0, init=False, repr=False)
+    # Extended sequence number of the next packet to release.
     _next: int = attrs.field(default=0, init=False, repr=False)
-    # Newest extended sequence number received.
     _highest: int = attrs.field(default=0, init=False, repr=False)
-    # A packet has been received since the last reset.
     _synced: bool = attrs.field(default=False, init=False, repr=False)
-    # The playout point has moved (a packet played or dropped) since the last reset.
-    # Until then an older packet simply starts the stream earlier instead of being late.
-    _committed: bool = attrs.field(default=False, init=False, repr=False)
-    # pop() returns audio (start threshold reached and no underrun since).
-    _started: bool = attrs.field(default=False, init=False, repr=False)
-    # Bit i set: packet _next - 1 - i was played (tells a duplicate from a late packet).
+    # Bit i set: packet _next - 1 - i was released (tells a duplicate from a late one).
     _history: int = attrs.field(default=0, init=False, repr=False)
-    _last_frame: bytes | None = attrs.field(default=None, init=False, repr=False)
-    _conceal_run: int = attrs.field(default=0, init=False, repr=False)
-    # RFC 3550 A.1: the sequence number that would confirm a jump.
     _bad_seq: int | None = attrs.field(default=None, init=False, repr=False)
+    # Released audio not yet cut into a frame, frames ready, when audio last came.
+    _out: bytearray = attrs.field(factory=bytearray, init=False, repr=False)
+    _ready: deque[bytes] = attrs.field(factory=deque, init=False, repr=False)
+    _out_at: float = attrs.field(default=0.0, init=False, repr=False)
+    _last_pcm: bytes = attrs.field(default=b"", init=False, repr=False)
+    # Declared-lost sequence numbers -> when their gap was first seen.
+    _lost_at: dict[int, float] = attrs.field(factory=dict, init=False, repr=False)
+    # (time, delay) of reordering observed, for the calm-network shrink.
+    _seen: deque[tuple[float, float]] = attrs.field(factory=deque, init=False, repr=False)
+    _adapted_at: float = attrs.field(default=-math.inf, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.start_ms > self.max_depth_ms:
             raise ValueError(
                 f"start_ms ({self.start_ms}) exceeds max_depth_ms ({self.max_depth_ms})"
             )
+        if self.min_ms > self.max_depth_ms:
+            raise ValueError(f"min_ms ({self.min_ms}) exceeds max_depth_ms ({self.max_depth_ms})")
         samples = self.sample_rate * self.ptime_ms // 1000
         if samples <= 0:
             raise ValueError(f"{self.ptime_ms} ms at {self.sample_rate} Hz is not one sample")
         self._frame_bytes = 2 * samples
-        bytes_per_ms = 2 * self.sample_rate / 1000
-        self._start_bytes = round(self.start_ms * bytes_per_ms)
-        self._max_bytes = round(self.max_depth_ms * bytes_per_ms)
-        self._silence = bytes(self._frame_bytes)
+        self._max_bytes = round(self.max_depth_ms * 2 * self.sample_rate / 1000)
+        self._ptime_s = self.ptime_ms / 1000.0
+        self._set_wait(self.start_ms / 1000.0)
 
     # -- properties ------------------------------------------------------------------
 
@@ -171,22 +190,33 @@ class JitterBuffer:
 
     @property
     def depth_ms(self) -> float:
-        """Playout delay of the newest packet, in ms (0 when nothing is queued)."""
-        return self._depth_bytes() * self.ptime_ms / self._frame_bytes
+        """The current wait for a missing packet, in ms (the buffer's depth)."""
+        return self._wait_s * 1000.0
+
+    @property
+    def held_ms(self) -> float:
+        """Audio held behind a gap right now, in ms."""
+        return self._held_bytes * 1000.0 / (2 * self.sample_rate)
 
     @property
     def packets_queued(self) -> int:
-        return len(self._queue)
+        return len(self._held)
 
     @property
-    def playing(self) -> bool:
-        """``pop`` is returning audio (the start threshold was met, no underrun since)."""
-        return self._started
+    def next_deadline_s(self) -> float:
+        """When ``pop`` will next have something to do without a new packet: a gap's
+        wait running out, or a tail to flush (``math.inf`` when neither)."""
+        deadline = math.inf
+        if self._held and self._next not in self._held:
+            deadline = self._gap_since() + self._wait_s
+        if self._out:
+            deadline = min(deadline, self._out_at + 2 * self._ptime_s)
+        return deadline
 
     # -- input -----------------------------------------------------------------------
 
-    def push(self, seq: int, timestamp: int, ssrc: int, pcm: bytes) -> None:
-        """Queue one packet's audio (PCM16 little-endian, already decoded)."""
+    def push(self, seq: int, timestamp: int, ssrc: int, pcm: bytes, now_s: float) -> None:
+        """Take one packet's audio (PCM16 little-endian, already decoded)."""
         if not 0 <= seq < _SEQ_MOD:
             raise ValueError(f"RTP sequence number out of range: {seq!r}")
         if len(pcm) & 1:
@@ -196,7 +226,7 @@ class JitterBuffer:
         if ssrc != self._ssrc:
             if self._ssrc is not None:
                 # A new source: each SSRC numbers its packets from its own random start
-                # (RFC 3550 §5.1, §8), so nothing queued can be ordered against it.
+                # (RFC 3550 §5.1, §8), so nothing held can be ordered against it.
                 self._reset()
             self._ssrc = ssrc
 
@@ -225,204 +255,170 @@ class JitterBuffer:
                     stats.discarded += 1
                 return
 
-        queue = self._queue
         if ext < self._next:
-            if self._committed:
-                age = self._next - 1 - ext
-                if age < 64 and (self._history >> age) & 1:
-                    stats.duplicate += 1
-                else:
-                    stats.late += 1
+            age = self._next - 1 - ext
+            if age < 64 and (self._history >> age) & 1:
+                stats.duplicate += 1
                 return
-            self._next = ext
-        if ext in queue:
+            stats.late += 1
+            gap_at = self._lost_at.pop(ext, None)
+            if gap_at is not None:
+                # It came, but after we gave up on it: wait longer from now on.
+                self._grow(now_s - gap_at + WAIT_MARGIN_S, now_s)
+            return
+        held = self._held
+        if ext in held:
             stats.duplicate += 1
             return
         if ext > self._highest:
             self._highest = ext
         elif ext < self._highest:
             stats.reordered += 1
-        queue[ext] = pcm
-        queued = self._queued_bytes + len(pcm)
-        self._queued_bytes = queued
-        if self._started or not self._committed:
-            # _depth_bytes() inlined: this runs for every packet.
-            gaps = self._highest - self._next + 1 - len(queue)
-            if queued + gaps * self._frame_bytes > self._max_bytes:
-                self._trim()
-        elif self._depth_bytes() > self._max_bytes:
-            self._trim()
+            if ext == self._next and held:
+                # A gap filled in time: remember how long it took.
+                delay = now_s - self._gap_since()
+                self._seen.append((now_s, delay))
+                if delay + WAIT_MARGIN_S > self._wait_s:
+                    self._grow(delay + WAIT_MARGIN_S, now_s)
+        if ext == self._next and not held:
+            self._release(pcm, now_s)  # the fast path: in order, nothing held
+            self._next = ext + 1
+            self._history = ((self._history << 1) | 1) & _HISTORY_MASK
+            return
+        held[ext] = (pcm, now_s)
+        self._held_bytes += len(pcm)
+        self._advance(now_s)
 
     # -- output ----------------------------------------------------------------------
 
-    def pop(self) -> bytes | None:
-        """One frame (``frame_bytes`` of PCM16) for this tick, or ``None``.
+    def pop(self, now_s: float) -> bytes | None:
+        """The next frame (``frame_bytes`` of PCM16) ready now, or ``None``. Call it
+        until it returns ``None``: after every ``push``, and from time to time (at
+        ``next_deadline_s`` or on a regular tick) so that expired gaps are settled."""
+        ready = self._ready
+        if ready:
+            return ready.popleft()
+        if self._held:
+            self._advance(now_s)
+        out = self._out
+        if out and not ready and now_s - self._out_at >= 2 * self._ptime_s:
+            # The tail of a talkspurt: no more audio is coming for now.
+            ready.append(bytes(out) + bytes(self._frame_bytes - len(out)))
+            out.clear()
+        if now_s - self._adapted_at >= 1.0:
+            self._relax(now_s)
+        return ready.popleft() if ready else None
 
-        ``None`` means there is nothing to play: the start threshold has not been met
-        (at the beginning, after a reset, or after an underrun). Callers that must send
-        a continuous stream send silence for it.
-        """
-        if not self._started and not self._start():
-            return None
-        frame_bytes = self._frame_bytes
-        pcm: bytes | None = None
-        if not self._carry:
-            pcm = self._queue.pop(self._next, None)
-            if pcm is not None and len(pcm) == frame_bytes:
-                # The fast path: one packet is one frame.
-                self._queued_bytes -= frame_bytes
-                self._next += 1
+    # -- internals -------------------------------------------------------------------
+
+    def _release(self, pcm: bytes, now_s: float) -> None:
+        self.stats.played += 1
+        self._last_pcm = pcm
+        self._out_at = now_s
+        fb = self._frame_bytes
+        out = self._out
+        if not out and len(pcm) == fb:
+            self._ready.append(pcm)
+            return
+        out += pcm
+        while len(out) >= fb:
+            self._ready.append(bytes(out[:fb]))
+            del out[:fb]
+
+    def _gap_since(self) -> float:
+        """When the current gap was first seen: the arrival of the oldest packet held."""
+        return min(at for _, at in self._held.values())
+
+    def _advance(self, now_s: float) -> None:
+        """Release what is in order; settle a gap whose wait ran out (or that holds too
+        much audio behind it)."""
+        held = self._held
+        while held:
+            nxt = self._next
+            item = held.pop(nxt, None)
+            if item is not None:
+                pcm = item[0]
+                self._held_bytes -= len(pcm)
+                self._release(pcm, now_s)
+                self._next = nxt + 1
                 self._history = ((self._history << 1) | 1) & _HISTORY_MASK
-                self.stats.played += 1
-                self._last_frame = pcm
-                self._conceal_run = 0
-                return pcm
-        return self._pop_slow(pcm)
-
-    def _pop_slow(self, pcm: bytes | None) -> bytes | None:
-        frame_bytes = self._frame_bytes
-        queue = self._queue
-        out = bytearray(self._carry)
-        self._queued_bytes -= len(self._carry)
-        self._carry = b""
-        while True:
-            if pcm is not None:
-                out += pcm
-                self._queued_bytes -= len(pcm)
-                self._next += 1
-                self._history = ((self._history << 1) | 1) & _HISTORY_MASK
-                self.stats.played += 1
-            if len(out) >= frame_bytes:
-                break
-            pcm = queue.pop(self._next, None)
-            if pcm is None:
-                break
-        if not out:
-            return self._missing()
-        if len(out) < frame_bytes:
-            # The next packet is not here (yet): finish this frame with silence rather than
-            # delay the whole stream; the next pop deals with the missing packet.
-            out += bytes(frame_bytes - len(out))
-        elif len(out) > frame_bytes:
-            self._carry = bytes(out[frame_bytes:])
-            self._queued_bytes += len(self._carry)
-            del out[frame_bytes:]
-        frame = bytes(out)
-        self._last_frame = frame
-        self._conceal_run = 0
-        return frame
-
-    def _missing(self) -> bytes | None:
-        """The packet at the playout point is not here."""
-        queue = self._queue
-        if queue:
-            # Later packets are: this one is lost. Skip it; and while the audio behind
-            # it still meets the start threshold, skip further gaps rather than conceal
-            # them, so latency added by earlier underruns drains away here.
-            while True:
-                self.stats.lost += 1
-                self._next += 1
-                self._history = (self._history << 1) & _HISTORY_MASK
-                self._committed = True
-                if self._depth_bytes() < self._start_bytes:
-                    return self._conceal()
-                if self._next in queue:
-                    return self._pop_slow(None)
-        if self._conceal_run < _MAX_CONCEAL and self._last_frame is not None:
-            # Underrun: cover the gap but keep the playout point, the packet may be late.
-            return self._conceal()
-        # Still nothing: the stream paused or stalled. Rebuild start_ms before resuming.
-        self._started = False
-        self._last_frame = None
-        self._conceal_run = 0
-        return None
-
-    def _conceal(self) -> bytes:
-        self._conceal_run += 1
-        last = self._last_frame
-        if self._conceal_run > _MAX_CONCEAL or last is None:
-            return self._silence
-        # Repeat the previous frame 6 dB quieter each time: cheap packet-loss concealment
-        # that avoids the click of a hard cut to silence.
-        frame = audioop.mul(last, 2, 0.5)
-        self._last_frame = frame
-        self.stats.concealed += 1
-        return frame
-
-    def _start(self) -> bool:
-        if not self._queue or self._depth_bytes() < max(self._start_bytes, 1):
-            return False
-        self._skip_to_first()
-        self._started = True
-        self._committed = True
-        return True
-
-    def _skip_to_first(self) -> None:
-        """Resuming after an underrun: packets missing before the first queued are lost."""
-        if self._committed:
-            first = min(self._queue)
-            if first > self._next:
-                skipped = first - self._next
-                self.stats.lost += skipped
-                self._history = (self._history << skipped) & _HISTORY_MASK
-                self._next = first
-
-    # -- depth -----------------------------------------------------------------------
-
-    def _depth_bytes(self) -> int:
-        queue = self._queue
-        if not queue:
-            return len(self._carry)
-        first = self._next
-        if not self._started and self._committed:
-            # Idle after an underrun: playback resumes at the first packet queued, so
-            # gaps before it add no delay (they are counted lost when it starts).
-            first = min(queue)
-        gaps = self._highest - first + 1 - len(queue)
-        return self._queued_bytes + gaps * self._frame_bytes
-
-    def _trim(self) -> None:
-        """Drop the oldest audio until depth is within ``max_depth_ms``."""
-        stats = self.stats
-        queue = self._queue
-        if not self._started:
-            self._skip_to_first()
-        self._committed = True
-        depth = self._depth_bytes()
-        while depth > self._max_bytes:
-            if self._carry:
-                depth -= len(self._carry)
-                self._queued_bytes -= len(self._carry)
-                self._carry = b""
                 continue
-            pcm = queue.pop(self._next, None)
-            if pcm is None:
-                stats.lost += 1
-                depth -= self._frame_bytes
+            since = self._gap_since()
+            if self._held_bytes > self._max_bytes:
+                self.stats.overflow += 1
+            elif now_s - since < self._wait_s:
+                return
+            first = min(held)
+            self._declare_lost(first - nxt, since)
+
+    def _declare_lost(self, n: int, since: float) -> None:
+        stats = self.stats
+        stats.lost += n
+        lost_at = self._lost_at
+        for ext in range(self._next, self._next + n):
+            lost_at[ext] = since
+        while len(lost_at) > _LOST_MEMORY:
+            del lost_at[next(iter(lost_at))]
+        self._next += n
+        self._history = (self._history << n) & _HISTORY_MASK
+        # Cover up to MAX_CONCEAL_PACKETS: faded repeats, then silence.
+        last = self._last_pcm
+        size = len(last) or self._frame_bytes
+        for i in range(min(n, MAX_CONCEAL_PACKETS)):
+            if i < _MAX_REPEATS and last:
+                last = audioop.mul(last, 2, 0.5)
+                stats.concealed += 1
+                self._release_concealment(last)
             else:
-                stats.overflow += 1
-                depth -= len(pcm)
-                self._queued_bytes -= len(pcm)
-            self._next += 1
-            self._history = (self._history << 1) & _HISTORY_MASK
+                self._release_concealment(bytes(size))
+        self._last_pcm = b""
+
+    def _release_concealment(self, pcm: bytes) -> None:
+        fb = self._frame_bytes
+        out = self._out
+        out += pcm
+        while len(out) >= fb:
+            self._ready.append(bytes(out[:fb]))
+            del out[:fb]
+
+    def _set_wait(self, wait_s: float) -> None:
+        wait_s = min(max(wait_s, self.min_ms / 1000.0), self.max_depth_ms / 1000.0)
+        self._wait_s = wait_s
+        ms = round(wait_s * 1000)
+        self.stats.wait_ms = ms
+        if ms > self.stats.wait_max_ms:
+            self.stats.wait_max_ms = ms
+
+    def _grow(self, wait_s: float, now_s: float) -> None:
+        if wait_s > self._wait_s:
+            self._set_wait(wait_s)
+        self._seen.append((now_s, wait_s - WAIT_MARGIN_S))
+
+    def _relax(self, now_s: float) -> None:
+        """Once a second: shrink the wait toward what the last CALM_WINDOW_S needed."""
+        elapsed = now_s - self._adapted_at
+        self._adapted_at = now_s
+        seen = self._seen
+        while seen and seen[0][0] < now_s - CALM_WINDOW_S:
+            seen.popleft()
+        target = max((d for _, d in seen), default=0.0) + WAIT_MARGIN_S
+        if target < self._wait_s and elapsed != math.inf:
+            self._set_wait(max(target, self._wait_s - SHRINK_PER_S * min(elapsed, 2.0)))
 
     # -- reset -----------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget the stream (queued packets count as ``discarded``); the next packet starts afresh."""
+        """Forget the stream (held packets count as ``discarded``); the next packet starts afresh."""
         self._reset()
         self._ssrc = None
 
     def _reset(self) -> None:
         self.stats.resets += 1
-        self.stats.discarded += len(self._queue)
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._carry = b""
+        self.stats.discarded += len(self._held)
+        self._held.clear()
+        self._held_bytes = 0
         self._synced = False
-        self._committed = False
-        self._started = False
         self._history = 0
-        self._last_frame = None
-        self._conceal_run = 0
         self._bad_seq = None
+        self._lost_at.clear()
+        self._last_pcm = b""

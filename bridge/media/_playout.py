@@ -31,15 +31,50 @@ implications" 2-3):
   transition from playing to empty, re-armed only by playing audio again. The pop that
   drains also releases any mark placed after the last frame, so a caller reports marks
   first, then ``drained``. ``clear()`` disarms it: a cleared buffer is not "drained".
+* **Drop** (latency trimming, see ``PlayoutPolicy``). ``drop(n)`` removes ``n`` queued
+  complete frames, either the oldest or the quietest (lowest RMS). Marks keep their
+  place relative to the audio around them (a mark after a dropped frame is released one
+  frame sooner). Each cut is spliced: the frame after a run of dropped frames fades in
+  from the first dropped frame over ``fade_samples`` (see ``splice``), so the audio the
+  caller hears stays continuous across the cut instead of clicking. A cut at the very
+  end of the queue is spliced into the next frame that arrives.
 """
 
 from __future__ import annotations
 
+import array
+import warnings
 from collections import deque
 
 import attrs
 
-__all__ = ["PlayoutBuffer"]
+with warnings.catch_warnings():
+    # audioop is deprecated on 3.11/3.12 (PEP 594) and provided by audioop-lts on 3.13+.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+__all__ = ["PlayoutBuffer", "splice"]
+
+
+def splice(before: bytes, after: bytes, fade_samples: int) -> bytes:
+    """``after`` (PCM16LE), its first ``fade_samples`` cross-faded in from ``before``.
+
+    For a cut in a stream of audio: ``before`` is the audio that would have followed
+    what was already played (so it continues it without a jump), ``after`` is the
+    audio that follows the cut. The result starts as ``before`` and ends as ``after``,
+    with a linear cross-fade in between (a few ms are enough to turn the click of a hard
+    cut into an inaudible transition). The length is ``len(after)``.
+    """
+    n = min(fade_samples, len(before) >> 1, len(after) >> 1)
+    if n <= 0:
+        return after
+    a = array.array("h", before[: 2 * n])
+    b = array.array("h", after[: 2 * n])
+    step = 1.0 / (n + 1)
+    for i in range(n):
+        w = (i + 1) * step
+        b[i] = int(a[i] * (1.0 - w) + b[i] * w)
+    return b.tobytes() + after[2 * n :]
 
 
 def _frame_bytes_valid(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -71,6 +106,12 @@ class PlayoutBuffer:
     _marks: deque[tuple[int, str]] = attrs.field(factory=deque, init=False, repr=False)
     _armed: bool = attrs.field(default=False, init=False, repr=False)
     _drained: bool = attrs.field(default=False, init=False, repr=False)
+    # A cut at the end of the queue: the next complete frame is spliced in from this.
+    #: Frames whose audio a splice changed (the frame after each cut).
+    spliced: int = attrs.field(default=0, init=False)
+    _splice_from: bytes = attrs.field(default=b"", init=False, repr=False)
+    _splice_at: int = attrs.field(default=0, init=False, repr=False)  # its absolute index
+    _fade_samples: int = attrs.field(default=0, init=False, repr=False)
 
     @property
     def queued_ms(self) -> float:
@@ -81,6 +122,16 @@ class PlayoutBuffer:
     @property
     def pending_marks(self) -> int:
         return len(self._marks)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of audio waiting (complete frames and a partial one)."""
+        return len(self._frames) * self.frame_bytes + len(self._partial)
+
+    @property
+    def queued_frames(self) -> int:
+        """Complete frames queued (a partial frame does not count)."""
+        return len(self._frames)
 
     def push(self, pcm: bytes) -> None:
         """Queue PCM16 (little-endian) of any length."""
@@ -114,6 +165,8 @@ class PlayoutBuffer:
             start = end
         if start < n:
             partial += pcm[start:]
+        if self._splice_from and self._pushed > self._splice_at:
+            self._apply_pending_splice()
 
     def mark(self, name: str) -> None:
         """Place a mark after all audio queued so far."""
@@ -151,7 +204,58 @@ class PlayoutBuffer:
         self._pushed = self._popped
         self._armed = False
         self._drained = False
+        self._splice_from = b""
         return released
+
+    def drop(self, count: int, *, quietest: bool = False, fade_samples: int = 0) -> int:
+        """Remove up to ``count`` queued complete frames (the oldest, or the quietest);
+        return how many were removed. See the module docs."""
+        frames = self._frames
+        n = min(count, len(frames))
+        if n <= 0:
+            return 0
+        if quietest:
+            rms = audioop.rms
+            # Lowest RMS first; among equals the oldest (the most stale audio) first.
+            order = sorted(range(len(frames)), key=lambda i: (rms(frames[i], 2), i))
+            doomed = set(order[:n])
+        else:
+            doomed = set(range(n))
+        kept: deque[bytes] = deque()
+        run_first: bytes = b""
+        for i, frame in enumerate(frames):
+            if i in doomed:
+                if not run_first:
+                    run_first = frame
+                continue
+            if run_first:
+                frame = splice(run_first, frame, fade_samples)
+                self.spliced += 1
+                run_first = b""
+            kept.append(frame)
+        self._frames = kept
+        self._pushed -= n
+        if run_first:
+            # The cut is at the end of the queue: splice into the next frame to arrive.
+            self._splice_from = run_first
+            self._splice_at = self._pushed
+            self._fade_samples = fade_samples
+        # A mark at position p follows the frames with absolute index < p.
+        popped = self._popped
+        if self._marks:
+            self._marks = deque(
+                (p - sum(1 for i in doomed if popped + i < p), name) for p, name in self._marks
+            )
+        return n
+
+    def _apply_pending_splice(self) -> None:
+        # The first frame queued after the cut (absolute index _splice_at).
+        i = self._splice_at - self._popped
+        frames = self._frames
+        if 0 <= i < len(frames):
+            frames[i] = splice(self._splice_from, frames[i], self._fade_samples)
+            self.spliced += 1
+        self._splice_from = b""
 
     def take_drained(self) -> bool:
         """True once after the buffer ran out of audio (see the module docs)."""
@@ -166,3 +270,5 @@ class PlayoutBuffer:
         del partial[:whole]
         self._frames.append(frame)
         self._pushed += 1
+        if self._splice_from and self._pushed > self._splice_at:
+            self._apply_pending_splice()

@@ -7,8 +7,14 @@ opened out of band (``POST /v1/streams``) and ends when the media stops
 Receive path (the reader task, one per stream)::
 
     wait_readable -> recvfrom (a batch, non-blocking) -> latching -> RtpSession.receive
-        -> Audio: JitterBuffer.push          (clocked out by poll(), one frame a tick)
+        -> Audio: JitterBuffer.push, then every frame it has ready -> sink (at once when
+                  in order; a gap holds what follows for the buffer's adaptive wait)
         -> Dtmf:  sink.on_call_event(Dtmf)   (at once: RFC 4733 reports it at its end)
+
+The app's side of the stream is not clocked by the playout grid (that grid is phased to
+the *app's* audio and moves with it): the caller's audio goes on as it arrives in order,
+and ``poll`` on the stream's tick only settles gaps whose wait has run out. So the app
+gets every packet exactly once and concealment only where a packet was really lost.
 
 Send path (the shared ticker, no task): ``poll`` pops one frame from the jitter buffer
 for the app, then the Stream calls ``send_audio`` with the frame for the caller, which
@@ -20,9 +26,11 @@ Latching (symmetric RTP, RFC 4961; the source-learning rule of Asterisk's strict
 
 * Until a source is latched, a source (address) is accepted only after
   ``latch_packets`` sequential packets: same SSRC, each sequence number one more than the
-  previous one (RFC 3550 A.1's probation). The packets of the probation are held and
-  played when it succeeds, so latching costs no audio, only ``latch_packets - 1``
-  packets of delay at the very start.
+  previous one (RFC 3550 A.1's probation). As in Asterisk's strict-RTP learning, the
+  packets of the probation are not played: the one that completes it is the first to
+  reach the app (``probation_dropped`` counts the others). Releasing them all at once
+  instead would start the call ``latch_packets - 1`` ptimes late, and an app that
+  answers in real time would carry that delay until it was trimmed.
 * Once latched, packets from any other address are dropped (``foreign``). A new SSRC
   from the latched address is accepted at once: that is the same peer after a
   re-INVITE, transfer or bridge change (the jitter buffer resets on it).
@@ -123,7 +131,7 @@ class RtpCallLeg:
     remote: Address | None = None
     latch_packets: int = 4
     timeout_s: float = 10.0
-    jitter_start_ms: int = 60
+    jitter_start_ms: int = 20
     jitter_max_ms: int = 200
     tick_ms: int | None = None
     relatch_silence_s: float = RELATCH_SILENCE_S
@@ -142,6 +150,8 @@ class RtpCallLeg:
     """Valid RTP from an address other than the latched one, dropped."""
     latches: int = attrs.field(default=0, init=False)
     """Times a source was latched (1 normally; more after re-latching)."""
+    probation_dropped: int = attrs.field(default=0, init=False)
+    """Packets of a probation that succeeded, dropped (all but its last)."""
     ssrc_changes: int = attrs.field(default=0, init=False)
     packets_received: int = attrs.field(default=0, init=False)
     """Datagrams accepted from the latched source (audio, DTMF, RTCP, others)."""
@@ -238,6 +248,11 @@ class RtpCallLeg:
     def jitter_buffer(self) -> JitterBuffer:
         return self._jb
 
+    @property
+    def jitter_depth_ms(self) -> float:
+        """The jitter buffer's current wait for a missing packet (its depth)."""
+        return self._jb.depth_ms
+
     def metadata(self) -> dict[str, Any]:
         s = self.session
         return {
@@ -257,6 +272,7 @@ class RtpCallLeg:
             rtp_malformed=self.malformed,
             rtp_foreign=self.foreign,
             rtp_latches=self.latches,
+            rtp_probation_dropped=self.probation_dropped,
             rtp_ssrc_changes=self.ssrc_changes,
             rtp_packets_received=self.packets_received,
             rtp_packets_sent=self.packets_sent,
@@ -275,16 +291,18 @@ class RtpCallLeg:
     # ==================================================================================
 
     def poll(self, sink: StreamSink, now_s: float) -> None:
-        """One frame out of the jitter buffer per tick.
+        """On the stream's tick: settle gaps whose wait ran out (their packets are
+        declared lost and concealed) and hand over what that releases."""
+        jb = self._jb
+        if jb.next_deadline_s <= now_s:
+            self._deliver(sink, now_s)
 
-        When the buffer has nothing (before the start threshold, or idle after an
-        underrun it could no longer conceal) nothing is delivered: the app gets no audio
-        for that slot rather than invented silence, exactly like a caller on AudioSocket
-        who sends nothing. Concealment of short gaps is the jitter buffer's job.
-        """
-        pcm = self._jb.pop()
-        if pcm is not None:
-            sink.on_call_event(Audio(Frame(pcm, self._rate)))
+    def _deliver(self, sink: StreamSink, now_s: float) -> None:
+        pop = self._jb.pop
+        rate = self._rate
+        on_event = sink.on_call_event
+        while (pcm := pop(now_s)) is not None:
+            on_event(Audio(Frame(pcm, rate)))
 
     async def serve_reader(self, sink: StreamSink) -> str:
         """Read until no media has been accepted for ``timeout_s``: ``call_hangup``.
@@ -345,13 +363,13 @@ class RtpCallLeg:
                     self.ssrc_changes += 1
                 self._last_media = now
                 self.packets_received += 1
-                self._decode(data, sink)
+                self._decode(data, sink, now)
                 return
             self._probation(data, addr, seq, ssrc, now, sink)
             return
         # RTCP (RFC 5761 multiplexing) or not RTP at all: the session counts the first
         # and raises DialectError for the second. Neither counts as media.
-        self._decode(data, sink)
+        self._decode(data, sink, now)
 
     def _probation(
         self, data: bytes, addr: Address, seq: int, ssrc: int, now: float, sink: StreamSink
@@ -384,10 +402,15 @@ class RtpCallLeg:
             )
             return
         self._latch(addr, ssrc, now)
+        # Only the packet that completed the probation goes on; the earlier ones are
+        # dropped (and counted), as Asterisk's strict-RTP learning does. Releasing them
+        # all now would hand the app a burst of audio already ``latch_packets - 1``
+        # ptimes old, and an app that answers in real time would carry that as latency
+        # (until trimmed, at the cost of audio later in the call).
         packets, self._held = held, []
-        for packet in packets:
-            self.packets_received += 1
-            self._decode(packet, sink)
+        self.probation_dropped += len(packets) - 1
+        self.packets_received += 1
+        self._decode(packets[-1], sink, now)
 
     def _latch(self, addr: Address, ssrc: int, now: float) -> None:
         previous = self._src
@@ -408,7 +431,7 @@ class RtpCallLeg:
             extra={"stream_id": self.stream_id, "call_id": self._call_id},
         )
 
-    def _decode(self, data: bytes, sink: StreamSink) -> None:
+    def _decode(self, data: bytes, sink: StreamSink, now: float) -> None:
         session = self.session
         try:
             events = session.receive(data)
@@ -425,7 +448,8 @@ class RtpCallLeg:
                 assert event.seq is not None and event.timestamp is not None
                 ssrc = session.last_ssrc
                 assert ssrc is not None
-                self._jb.push(event.seq, event.timestamp, ssrc, event.frame.pcm)
+                self._jb.push(event.seq, event.timestamp, ssrc, event.frame.pcm, now)
+                self._deliver(sink, now)
             elif type(event) is Dtmf:
                 # RFC 4733 reports a digit when it ends; hand it over at once rather than
                 # through the jitter buffer: it is an event, not a frame of audio.

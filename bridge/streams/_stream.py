@@ -15,9 +15,11 @@ The per-frame paths never hand a frame to another task:
 * call -> app: the call reader decodes, resamples and sends to the app leg with a
   non-blocking send in the same step (the caller already paces its audio). Only when the
   app leg is down or backed up does the frame go into the uplink buffer.
-* app -> call: the app reader decodes and resamples into the playout buffer; the shared
-  Ticker calls ``on_tick`` at this stream's deadline, which pops exactly one frame
-  (silence or the hold sound when there is none) and sends it without awaiting.
+* app -> call: the app reader decodes and resamples into the playout policy
+  (``media.PlayoutPolicy``: the buffer, the 20 ms grid and every timing decision, pure
+  code); the shared Ticker calls ``on_tick`` at this stream's deadline, which sends the
+  frame(s) the policy says are due (silence or the hold sound when there is none)
+  without awaiting.
 
 Closing is one cancel of the nursery plus an ordered, bounded ``closing`` step: send the
 dialect's stop to the app, close both legs, emit the final event, write the record.
@@ -28,7 +30,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -51,7 +52,7 @@ from ..dialects import (
     StatsRequest,
     Stop,
 )
-from ..media import LatenessHistogram, PacingClock, PlayoutBuffer, Resampler, frame_bytes
+from ..media import LatenessHistogram, PacingClock, PlayoutPolicy, Resampler, frame_bytes
 from ._legs import AppConnection, AppConnector, CallLeg
 from ._ticker import Ticker, TickHandle
 from ._uplink import UplinkBuffer
@@ -65,39 +66,6 @@ DROP_REASONS = frozenset({"connection_error", "slow_connection"})
 
 #: How long the ordered closing step may take in all (stop message, close handshakes).
 CLOSE_BUDGET_S = 3.0
-
-#: Phase of this stream's playout grid after the app's first audio: a frame that arrives
-#: from the app is sent this long after it arrived at the earliest. Small enough to add
-#: little latency, large enough to absorb the ticker's 1 ms granularity.
-PHASE_MARGIN_S = 0.0015
-
-#: How long an empty slot of a streaming app holds (sends nothing) waiting for the late
-#: frame, and what counts as streaming: audio from the app within GRACE_STREAMING_S.
-#: Filling the slot with silence instead would make the late frame wait a whole ptime,
-#: and every frame after it: latency that only ever grows under load. A hold is a short
-#: gap in the packets, which the far side's jitter buffer and concealment absorb.
-GRACE_S = 0.06
-GRACE_STREAMING_S = 0.03
-
-#: Phase tracking of a real-time app stream: over windows of this many frames, if even
-#: the quickest frame waited more than PHASE_MARGIN_S + PHASE_SLACK_S, the grid moves
-#: earlier by the excess (see ``_track_phase``).
-PHASE_WINDOW_FRAMES = 10
-PHASE_SLACK_S = 0.002
-
-#: Catch-up and re-phasing apply only to an app streaming in real time: one frame per
-#: message and a queue that stayed at most this many frames deep over the last window of
-#: DEPTH_WINDOW_TICKS (a stall leaves 1-3 frames; a faster-than-real-time sender, many).
-REAL_TIME_MAX_FRAMES = 3
-DEPTH_WINDOW_TICKS = 50
-
-#: A real-time app frame that arrives at most this long before its slot goes to the
-#: caller on arrival (the slot is used up; the grid does not move) rather than waiting
-#: for the tick. The grid sits a margin behind the app's phase so that arrival jitter
-#: does not make frames late; without this, every frame would also pay that margin and
-#: the ticker's quantum in latency. The caller sees a frame at most this much early,
-#: which the far side takes like any network jitter.
-SEND_EARLY_S = 0.005
 
 #: If the app sends no audio, the grid starts anyway (silence or hold to the caller)
 #: this long after the stream started; the app's first audio starts it earlier.
@@ -127,7 +95,11 @@ class StreamSettings:
     #: PCM16LE mono played to the caller while the app leg is down, and its rate.
     hold_pcm: bytes = b""
     hold_sample_rate: int = 8000
-    max_catch_up_frames: int = 3
+    #: Overdue slots sent at once after a stall of bridge itself; the rest are skipped
+    #: (sending faster than real time only moves the backlog into the far side's queue).
+    max_catch_up_frames: int = 1
+    #: Trim standing latency of a real-time app stream (``PlayoutPolicy``).
+    trim_latency: bool = True
     #: Carrier re-dial resume window for resumable call legs; 0 disables.
     reconnect_window_s: float = 0.0
 
@@ -215,14 +187,15 @@ class Stream:
     _app: AppConnection | None = None
     _app_ever_up: bool = False
     _uplink: UplinkBuffer = attrs.field(init=False)
-    _playout: PlayoutBuffer = attrs.field(init=False)
-    _clock: PacingClock | None = None
+    _policy: PlayoutPolicy = attrs.field(init=False)
     _tick: TickHandle | None = None
-    _phased: bool = False
     _up_rs: Resampler | None = None
     _up_rate: int = 0
     _down_rs: Resampler | None = None
     _down_rate: int = 0
+    # Resamplers of app audio whose rate is not the route's (e.g. a 24 kHz TTS frame on a
+    # 16 kHz route), by their rate: each keeps its filter state across frames.
+    _odd_rs: dict[int, Resampler] = attrs.field(factory=dict)
     _silence: bytes = b""
     _hold: bytes = b""
     _hold_pos: int = 0
@@ -230,23 +203,6 @@ class Stream:
     _logged_once: set[str] = attrs.field(factory=set)
     _t0: float = 0.0
     _call_stopped: bool = False
-    _last_sent_s: float = -math.inf
-    _grace_open: bool = False
-    _app_audio_at: float = -math.inf
-    grace_sends: int = 0
-    catch_up_frames: int = 0
-    rephases: int = 0
-    early_sends: int = 0
-    _depth_max: int = 0
-    _depth_prev_max: int = 0
-    _depth_ticks: int = 0
-    _wait_n: int = 0
-    _wait_min: float = math.inf
-    # App audio bookkeeping for catch-up: (arrival time, bytes pushed up to then).
-    _arrivals: deque[tuple[float, int]] = attrs.field(factory=deque)
-    _pushed_bytes: int = 0
-    _popped_bytes: int = 0
-    _last_push_bytes: int = 0
     #: Marks forwarded to a carrier that has not echoed them yet.
     _carrier_marks: list[str] = attrs.field(factory=list)
     _awaiting_call: bool = False
@@ -291,7 +247,12 @@ class Stream:
 
     @property
     def clock(self) -> PacingClock | None:
-        return self._clock
+        return self._policy.clock
+
+    @property
+    def playout(self) -> PlayoutPolicy:
+        """The app -> caller playout policy (its counters: holds, trims, ...)."""
+        return self._policy
 
     def end(self, reason: str, error: str | None = None) -> None:
         """End the stream with ``reason`` (the first reason given wins). Never blocks."""
@@ -336,8 +297,9 @@ class Stream:
                 "fill_percent": round(self._uplink.percent, 2),
                 "fill_ms": self._uplink.fill_ms,
                 "max_percent": round(self._uplink.max_percent, 2),
-                "playout_ms": self._playout.queued_ms,
+                "playout_ms": self._policy.queued_ms,
             },
+            "playout": self.playout_counters(),
             "lateness_ms": self.lateness_ms(),
             "events": list(self.log),
         }
@@ -347,8 +309,22 @@ class Stream:
         fn = getattr(self.call, "jitter_counters", None)
         return dict(fn()) if callable(fn) else {}
 
+    def playout_counters(self) -> dict[str, int]:
+        """What the playout policy did to the app's audio (for records and the API)."""
+        p = self._policy
+        return {
+            "trims": p.trims,
+            "trimmed_frames": p.trimmed_frames,
+            "trimmed_ms": p.trimmed_ms,
+            "altered_frames": p.altered_frames,
+            "holds": p.holds,
+            "grace_sends": p.grace_sends,
+            "early_sends": p.early_sends,
+            "skipped_slots": p.clock.skipped if p.clock is not None else 0,
+        }
+
     def lateness_ms(self) -> dict[str, float]:
-        clock = self._clock
+        clock = self._policy.clock
         if clock is None or clock.count == 0:
             return {"p50": 0.0, "p99": 0.0, "max": 0.0, "frames": 0}
         return {
@@ -500,14 +476,20 @@ class Stream:
         self._call_rate = rate
         s = self.settings
         fb = frame_bytes(rate, s.ptime_ms)
-        old = getattr(self, "_playout", None)
-        self._playout = PlayoutBuffer(fb, s.ptime_ms)
-        self._popped_bytes = self._pushed_bytes  # the old queue's audio is gone
-        self._arrivals.clear()
-        if old is not None:
-            # A rate change mid-call (AudioSocket kind switch) is rare; carry the marks.
-            for name in old.clear():
-                self._playout.mark(name)
+        if not hasattr(self, "_policy"):
+            self._policy = PlayoutPolicy(
+                fb,
+                ptime_s=s.ptime_ms / 1000.0,
+                lead_frames=s.send_ahead_frames if self.call.far_side_buffers else 0,
+                exact_pacing=not self.call.far_side_buffers,
+                trim=s.trim_latency,
+                max_catch_up=s.max_catch_up_frames,
+                lateness_parent=self.lateness_total,
+            )
+        else:
+            # A rate change mid-call (AudioSocket kind switch) is rare; marks are kept.
+            self._policy.set_frame_bytes(fb)
+        self._odd_rs.clear()
         self._silence = bytes(fb)
         self._down_rs = Resampler(s.app_sample_rate, rate)
         self._down_rate = rate
@@ -615,29 +597,27 @@ class Stream:
             frame = event.frame
             self.app_frames_received += 1
             pcm = frame.pcm
-            if frame.sample_rate != self.settings.app_sample_rate:
-                pcm = Resampler(frame.sample_rate, self._call_rate).process(pcm)
+            rate = frame.sample_rate
+            if rate != self.settings.app_sample_rate:
+                rs = self._odd_rs.get(rate)
+                if rs is None:
+                    rs = self._odd_rs[rate] = Resampler(rate, self._call_rate)
+                pcm = rs.process(pcm)
             else:
                 assert self._down_rs is not None
                 pcm = self._down_rs.process(pcm)
-            self._playout.push(pcm)
+            policy = self._policy
+            before = policy.next_deadline_s
             now = trio.current_time()
-            self._app_audio_at = now
-            self._pushed_bytes += len(pcm)
-            self._arrivals.append((now, self._pushed_bytes))
-            self._last_push_bytes = len(pcm)
-            if self._grace_open:
-                self._send_in_grace(now)
-            else:
-                if not self._phased:
-                    self._phase_grid(now)
-                self._send_early(now)
+            if policy.on_audio(pcm, now):
+                self._send_frame(now)
+            tick = self._tick
+            if tick is not None and policy.next_deadline_s != before:
+                tick.reschedule(policy.next_deadline_s)
         elif type(event) is Mark:
-            self._playout.mark(event.name)
+            self._policy.mark(event.name)
         elif type(event) is Clear:
-            pending = self._playout.clear()
-            self._popped_bytes = self._pushed_bytes
-            self._arrivals.clear()
+            pending = self._policy.clear()
             if self.call.far_side_buffers:
                 self.call.send_event(Clear())
             for name in pending:
@@ -652,7 +632,14 @@ class Stream:
             self._note("hangup", {"from": "app"})
             self.end("app_hangup")
         elif type(event) is StatsRequest:
-            self._app_event(Stats(int(self._playout.queued_ms), self._uplink.fill_ms))
+            self._app_event(
+                Stats(
+                    int(self._policy.queued_ms),
+                    self._uplink.fill_ms,
+                    trimmed_ms=self._policy.trimmed_ms,
+                    jitter_ms=self._jitter_depth_ms(),
+                )
+            )
         elif type(event) is Stop:
             self.end("app_hangup")
         else:
@@ -671,166 +658,42 @@ class Stream:
     # pacing
     # ==================================================================================
 
-    def _start_grid(self, now: float) -> None:
-        s = self.settings
-        self._clock = PacingClock(
-            origin_s=now,
-            ptime_s=s.ptime_ms / 1000.0,
-            max_catch_up=s.max_catch_up_frames,
-            lead_frames=s.send_ahead_frames if self.call.far_side_buffers else 0,
-        )
-        if self.lateness_total is not None:
-            self._clock.lateness.attach(self.lateness_total)
-        if self._tick is not None:
-            self._tick.reschedule(self._clock.next_deadline_s)
-
-    def _phase_grid(self, now: float) -> None:
-        """Align the grid to the app's audio once, so a frame from the app waits at
-        most PHASE_MARGIN_S, not up to a whole ptime, before it goes to the caller."""
-        self._phased = True
-        clock = self._clock
-        if clock is None:
-            self._start_grid(now + PHASE_MARGIN_S)
-            return
-        # Never put the next frame closer than half a ptime after the last one sent, so
-        # the caller's side never sees two frames crammed together (AudioSocket writes
-        # each message to the channel on arrival).
-        # One slot then gets a gap of up to 1.5 ptimes instead (audio arriving in the
-        # same tick as a send, an RTP poll answered at once, lands here).
-        ptime = self.settings.ptime_ms / 1000.0
-        target = now + PHASE_MARGIN_S
-        if target - self._last_sent_s < ptime / 2:
-            target += ptime
-        if abs(clock.next_deadline_s - target) > 0.001:
-            clock.rephase(target)
-            if self._tick is not None:
-                self._tick.reschedule(clock.next_deadline_s)
+    def _jitter_depth_ms(self) -> int | None:
+        """The call leg's jitter-buffer depth (RTP), else None."""
+        depth = getattr(self.call, "jitter_depth_ms", None)
+        return round(depth) if isinstance(depth, int | float) else None
 
     async def _serve_timers(self) -> None:
-        """The stream's two timers, as one sleeping task: start the grid if the caller
-        stays silent, and ``stream_timeout``."""
+        """The stream's two timers, as one sleeping task: start the grid if the app
+        stays silent (filler to the caller), and ``stream_timeout``."""
         await trio.sleep_until(self._t0 + START_GRID_AFTER_S)
-        if self._clock is None:
-            self._start_grid(trio.current_time())
+        policy = self._policy
+        if policy.clock is None:
+            policy.start(trio.current_time())
+            if self._tick is not None:
+                self._tick.reschedule(policy.next_deadline_s)
         await trio.sleep_until(self._t0 + self.settings.timeout_s)
         self._note("timeout", {"timeout_s": self.settings.timeout_s})
         self.end("stream_timeout")
 
     def on_tick(self, now_s: float) -> float:
         """Called by the Ticker at this stream's deadline: send the frame(s) due."""
-        clock = self._clock
-        if clock is None:
-            return math.inf
-        n = clock.due(now_s)
-        call = self.call
-        waited = 0.0
-        if n:
-            depth = self._pushed_bytes - self._popped_bytes
-            if depth > self._depth_max:
-                self._depth_max = depth
-            self._depth_ticks += 1
-            if self._depth_ticks >= DEPTH_WINDOW_TICKS:
-                # A new window starts with the last one's maximum, so a deep queue (an
-                # app sending faster than real time) keeps catch-up off for a window.
-                self._depth_prev_max, self._depth_max = self._depth_max, depth
-                self._depth_ticks = 0
-        for i in range(n):
-            # This slot's frame goes out below; mark it first, so that audio the poll
-            # brings in (and an app answers at once) is phased after it, not before.
-            self._last_sent_s = now_s
-            call.poll(self, now_s)
-            if (
-                i == n - 1
-                and not self._grace_open
-                and self._app is not None
-                and self._playout.queued_ms <= 0
-                and now_s - self._app_audio_at < GRACE_STREAMING_S
-            ):
-                # The app is streaming but this slot's frame is not here yet: hold the
-                # slot up to GRACE_S. If the frame comes it goes out on arrival and the
-                # grid follows it (one gap of 20+δ ms, never a cram); if not, silence
-                # resumes at the end of the hold. Without this, a frame a millisecond
-                # late would wait a whole slot, and every later frame with it.
-                self._grace_open = True
-                clock.rephase(now_s + GRACE_S)
-                break
-            self._grace_open = False
-            waited = self._send_frame(now_s)
-        if n:
-            self._track_phase(waited)
-        if n and self._behind(waited):
-            # A real-time stream is a full slot behind (after a stall, frames came in a
-            # burst and the grid followed the late one): catch up by one frame in this
-            # slot. No audio is dropped; the far side's jitter buffer takes the early
-            # frame. Apps that queue audio on purpose (chunks, TTS) are never burst.
-            self.catch_up_frames += 1
+        policy = self._policy
+        n = policy.on_tick(now_s, app_up=self._app is not None)
+        # Legs with clocked input (RTP: loss deadlines of the jitter buffer) look at the
+        # time once per tick.
+        self.call.poll(self, now_s)
+        for _ in range(n):
             self._send_frame(now_s)
-        return clock.next_deadline_s
+        return policy.next_deadline_s
 
-    def _real_time(self) -> bool:
-        """The app streams in real time: one frame per message, and its queue has stayed
-        shallow (at most REAL_TIME_MAX_FRAMES) for the last window. An app sending
-        faster than real time (TTS, even frame by frame) queues on purpose: its audio
-        is paced at exactly one frame per slot, never caught up or re-phased."""
-        fb = len(self._silence)
-        limit = REAL_TIME_MAX_FRAMES * fb
-        return (
-            self._last_push_bytes <= fb
-            and self._depth_max <= limit
-            and self._depth_prev_max <= limit
-        )
-
-    def _track_phase(self, waited_s: float) -> None:
-        """Re-align a real-time stream's grid when every frame of the last window waited
-        longer than the phase margin (the app's phase moved, or a stall left the grid
-        behind): shift the grid earlier by the smallest wait's excess. One gap to the
-        caller is shorter by that much; the far side's jitter buffer takes it."""
-        if (
-            waited_s <= 0.0
-            or not self._real_time()
-            or self._pushed_bytes - self._popped_bytes >= len(self._silence)
-        ):
-            # Only a steady real-time stream whose queue empties every slot is re-phased.
-            self._wait_n = 0
-            self._wait_min = math.inf
-            return
-        if waited_s < self._wait_min:
-            self._wait_min = waited_s
-        self._wait_n += 1
-        if self._wait_n < PHASE_WINDOW_FRAMES:
-            return
-        excess = self._wait_min - PHASE_MARGIN_S
-        self._wait_n = 0
-        self._wait_min = math.inf
-        clock = self._clock
-        if clock is not None and excess > PHASE_SLACK_S:
-            clock.rephase(clock.next_deadline_s - excess)
-            self.rephases += 1
-            if self._tick is not None:
-                self._tick.reschedule(clock.next_deadline_s)
-
-    def _behind(self, waited_s: float) -> bool:
-        """The frame just sent waited a whole slot longer than it had to, the next one is
-        already here, and the app streams one frame per message (real time)."""
-        fb = len(self._silence)
-        if not self._real_time() or self._pushed_bytes - self._popped_bytes < fb:
-            return False
-        return waited_s >= self.settings.ptime_ms / 1000.0 + PHASE_MARGIN_S
-
-    def _send_frame(self, now_s: float = 0.0) -> float:
-        """Pop one frame (silence or hold when there is none) and send it to the caller.
-        Returns how long that frame waited in the playout buffer (0 for filler)."""
+    def _send_frame(self, now_s: float) -> None:
+        """Send the policy's next frame to the caller (silence or the hold sound when
+        nothing is queued), with the marks and ``drained`` it releases."""
         call = self.call
-        playout = self._playout
-        arrivals = self._arrivals
-        waited = now_s - arrivals[0][0] if arrivals and now_s else 0.0
-        pcm, marks = playout.pop()
-        if pcm is not None:
-            self._popped_bytes += len(pcm)
-            while arrivals and arrivals[0][1] <= self._popped_bytes:
-                arrivals.popleft()
-        else:
-            waited = 0.0
+        policy = self._policy
+        pcm, marks = policy.pop_frame(now_s)
+        if pcm is None:
             if self._app is None and self._hold:
                 hold, pos = self._hold, self._hold_pos
                 fb = len(self._silence)
@@ -846,49 +709,8 @@ class Stream:
                 self._carrier_marks.append(name)
                 continue  # the carrier echoes it when it has played it
             self._app_event(Mark(name))
-        if playout.take_drained():
+        if policy.take_drained():
             self._app_event(Drained())
-        return waited
-
-    def _send_early(self, now_s: float) -> None:
-        """Send a real-time stream's frame on arrival if its slot is at most
-        SEND_EARLY_S away (see there). Only when this one whole frame is queued, the
-        last frame went out at least half a ptime ago (never a cram), and the far side
-        plays on arrival (a buffering carrier leg already runs ahead by its lead)."""
-        clock = self._clock
-        fb = len(self._silence)
-        if (
-            clock is None
-            or self.call.far_side_buffers
-            or not fb <= self._pushed_bytes - self._popped_bytes < 2 * fb
-            or now_s - self._last_sent_s < self.settings.ptime_ms / 2000.0
-            or not self._real_time()
-            or not clock.take_early(now_s, SEND_EARLY_S)
-        ):
-            return
-        # As on_tick does for its slot: the leg's clocked input (RTP) is polled once per
-        # slot, a little early here; the tick then finds this slot taken.
-        self._last_sent_s = now_s
-        self.call.poll(self, now_s)
-        self._send_frame()
-        self.early_sends += 1
-        if self._tick is not None:
-            # The ticker need not call on_tick for the slot just used (it would find
-            # nothing due): its entry for that slot goes stale and is skipped with a
-            # heap pop, and the next one is for the next slot.
-            self._tick.reschedule(clock.next_deadline_s)
-
-    def _send_in_grace(self, now_s: float) -> None:
-        """The awaited frame arrived inside its grace: send it now; the grid follows."""
-        clock = self._clock
-        assert clock is not None
-        self._grace_open = False
-        self._last_sent_s = now_s
-        self._send_frame()
-        self.grace_sends += 1
-        clock.rephase(now_s + self.settings.ptime_ms / 1000.0)
-        if self._tick is not None:
-            self._tick.reschedule(clock.next_deadline_s)
 
     # ==================================================================================
     # reconnect supervisor

@@ -28,6 +28,7 @@ async def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--echo", action="store_true")
     parser.add_argument("--hangup-after", type=int, default=0)
+    parser.add_argument("--hangup-message-after", type=int, default=0)
     args = parser.parse_args()
 
     async def handler(request: trio_websocket.WebSocketRequest) -> None:
@@ -44,6 +45,9 @@ async def main() -> None:
                 say({"frame": struct.unpack_from("<h", msg)[0], "len": len(msg)})
                 if args.echo:
                     await ws.send_message(msg)
+                if args.hangup_message_after and frames == args.hangup_message_after:
+                    await ws.send_message(json.dumps({"event": "hangup"}))
+                    say({"hangup": frames})
                 if args.hangup_after and frames >= args.hangup_after:
                     await ws.aclose(1000, "done")
                     say({"closed": 1000})

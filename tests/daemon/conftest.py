@@ -14,8 +14,21 @@ from bridge.daemon._config import Config, parse_config
 from bridge.daemon._daemon import Daemon
 
 
-def make_config(tmp_path: Path, extra: str = "", *, routes: str | None = None) -> Config:
-    """The embedded default's shape on port 0 everywhere, records in tmp_path."""
+def make_config(
+    tmp_path: Path, extra: str = "", *, routes: str | None = None, trim_latency: bool = False
+) -> Config:
+    """The embedded default's shape on port 0 everywhere, records in tmp_path.
+
+    Playout trimming is off unless asked for: these tests check that every frame is
+    delivered once and in order through the legs and dialects, and on a loaded machine
+    a scheduler hiccup makes a standing frame that trimming would (rightly) drop. The
+    trimming itself is tested frame by frame (tests/media/test_playout_policy.py), on
+    the mock clock (tests/streams) and end to end (tests/bench/test_quality_slice.py)."""
+    trim = f"trim_latency = {'true' if trim_latency else 'false'}"
+    if "[stream]" in extra:
+        extra = extra.replace("[stream]", f"[stream]\n{trim}", 1)
+    else:
+        extra = f"{extra}\n[stream]\n{trim}\n"
     tmp_path.mkdir(parents=True, exist_ok=True)
     default_routes = """
 [[routes]]

@@ -111,9 +111,15 @@ class RtpPeer:
         ptime_s: float = 0.02,
         *,
         ulaw: bool = True,
+        preamble: int = 0,
     ) -> None:
-        """Send one packet per ``ptime_s`` on an absolute grid (no drift)."""
+        """Send one packet per ``ptime_s`` on an absolute grid (no drift), after
+        ``preamble`` packets of silence: bridge latches after ``latch_packets`` (4)
+        sequential packets and plays none of the probation's but the last, as Asterisk's
+        strict RTP does, so a preamble of 3 makes the first payload the first played."""
         start = trio.current_time()
+        silence = b"\xff" * 160 if ulaw else bytes(320)
+        payloads = [silence] * preamble + list(payloads)
         for n, payload in enumerate(payloads):
             await trio.sleep_until(start + n * ptime_s)
             if ulaw:

@@ -205,7 +205,7 @@ async def good_rtp_call(daemon: Daemon, http: httpx.AsyncClient, out: dict[str, 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(peer.receive_forever)
-            await peer.play(frames, local)
+            await peer.play(frames, local, preamble=3)
             await wait_until(lambda: len(peer.payloads()) >= GOOD_FRAMES)
             await trio.sleep(0.1)
             r = await http.delete(f"/v1/streams/{answer['stream_id']}")

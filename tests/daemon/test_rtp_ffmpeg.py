@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import trio
+import trio_websocket
 
 from bridge.media import write_wav
 
-from .test_rtp_leg import opener, parse_addr, start
+from .conftest import make_config
+from .test_rtp_leg import RTP_ROUTES, opener, parse_addr
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -122,9 +125,28 @@ async def run(argv: list[str], log: list[bytes]) -> None:
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
 
 
+async def ws_echo_app(request: trio_websocket.WebSocketRequest) -> None:
+    """An sln echo app written to docs/app-protocol.md with trio-websocket: every binary
+    frame straight back, the moment it arrives."""
+    ws = await request.accept()
+    try:
+        while True:
+            msg = await ws.get_message()
+            if isinstance(msg, bytes):
+                await ws.send_message(msg)
+    except trio_websocket.ConnectionClosed:
+        pass
+
+
+@pytest.mark.parametrize("app", ["echo:", "websocket"])
 async def test_ffmpeg_sends_and_receives_through_bridge(
-    daemon_factory: Any, tmp_path: Path
+    daemon_factory: Any, tmp_path: Path, app: str
 ) -> None:
+    """The issue's finding: with an external app that sends audio back, the RTP leg
+    fabricated 7-8 frames per 5 s (half-amplitude copies, each shifting everything after
+    it by 20 ms; cross-correlation 0.37-0.47) because the playout grid, re-timed to the
+    app, clocked the jitter buffer. Now: nothing concealed on a clean loopback, and the
+    recording matches the original."""
     assert FFMPEG is not None
     original = speech_like()
     wav = tmp_path / "in.wav"
@@ -139,57 +161,98 @@ async def test_ffmpeg_sends_and_receives_through_bridge(
     record_s = 5.0
     logs: list[bytes] = []
     with trio.fail_after(20):
-        daemon = await start(daemon_factory, tmp_path, rtp={"ports": "41200-41209"})
-        admin_host, admin_port = daemon.bound["admin"]
-        http = httpx.AsyncClient(base_url=f"http://{admin_host}:{admin_port}", timeout=5)
-        async with http, trio.open_nursery() as nursery:
-            # The receiver: bridge's output, decoded by ffmpeg's own RTP/PCMU stack.
-            receiver = [
-                FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
-                "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp),
-                "-t", str(record_s), "-ar", str(RATE), "-ac", "1",
-                "-f", "s16le", "-y", str(out),
-            ]  # fmt: skip
-            receiver_done = trio.Event()
-
-            async def receive() -> None:
-                await run(receiver, logs)
-                receiver_done.set()
-
-            nursery.start_soon(receive)
-            while not port_taken(recv_port):
-                await trio.sleep(0.02)
-
-            r = await http.post(
-                "/v1/streams",
-                json={"call_id": "ffmpeg", "route": "rtp-echo", "remote": f"127.0.0.1:{recv_port}"},
+        async with trio.open_nursery() as apps:
+            route = "rtp-echo"
+            routes = RTP_ROUTES
+            if app == "websocket":
+                server = await apps.start(
+                    trio_websocket.serve_websocket, ws_echo_app, "127.0.0.1", 0, None
+                )
+                route = "rtp-ws"
+                routes += f"""
+[[routes]]
+name = "rtp-ws"
+match = {{ listener = "rtp" }}
+app = {{ url = "ws://127.0.0.1:{server.port}/", encapsulation = "sln", sample_rate = 8000 }}
+"""
+            config = make_config(tmp_path, routes=routes)
+            config = msgspec.structs.replace(
+                config, rtp=msgspec.structs.replace(config.rtp, ports="41200-41209")
             )
-            assert r.status_code == 201, r.text
-            stream_id = r.json()["stream_id"]
-            host, port = parse_addr(r.json()["local"])
-            # The sender: -re paces it in real time; asetnsamples makes one 20 ms packet
-            # per 160 samples (ffmpeg's WAV demuxer reads 256 ms blocks and would send them
-            # as 1460-byte bursts).
-            sender = [
-                FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-re",
-                "-f", "lavfi", "-i", f"amovie={wav},asetnsamples=n=160:p=0",
-                "-ar", str(RATE), "-ac", "1", "-c:a", "pcm_mulaw",
-                "-payload_type", "0", "-ssrc", "4660",
-                "-f", "rtp", f"rtp://{host}:{port}",
-            ]  # fmt: skip
-            await run(sender, logs)
-            with trio.fail_after(record_s + 2):
-                await receiver_done.wait()
-            # The receiver stopped after record_s of bridge's output: end the stream.
-            r = await http.delete(f"/v1/streams/{stream_id}")
-            assert r.status_code == 202
-            while daemon.manager.get(stream_id) is not None:
-                await trio.sleep(0.01)
-        assert opener(daemon).pool.in_use == 0
-
+            daemon = await daemon_factory(config)
+            record = await _run_call(daemon, route, wav, out, sdp, recv_port, record_s, logs)
+            apps.cancel_scope.cancel()
+    jitter = record["jitter"]
+    print("jitter", jitter, "playout", record["playout"])
+    assert jitter["concealed"] == 0 and jitter["lost"] == 0 and jitter["late"] == 0, jitter
     recorded = out.read_bytes()
     assert len(recorded) >= 2 * RATE * (record_s - 0.1)
     assert sys.byteorder == "little"  # s16le, and audioop works in native order
-    ncc, lag = best_ncc(original, recorded)
+    # bridge latches onto ffmpeg after 4 packets and, like Asterisk's strict RTP, does not
+    # play the 3 before (docs/rtp.md): match from 100 ms into the original.
+    ncc, lag = best_ncc(original[2 * RATE // 10 :], recorded)
     print(f"normalised cross-correlation {ncc:.4f} at lag {lag / RATE * 1000:.1f} ms")
-    assert ncc >= 0.9, (ncc, lag)
+    assert ncc >= 0.99, (ncc, lag)
+
+
+async def _run_call(
+    daemon: Any,
+    route: str,
+    wav: Path,
+    out: Path,
+    sdp: Path,
+    recv_port: int,
+    record_s: float,
+    logs: list[bytes],
+) -> dict[str, Any]:
+    assert FFMPEG is not None
+    admin_host, admin_port = daemon.bound["admin"]
+    http = httpx.AsyncClient(base_url=f"http://{admin_host}:{admin_port}", timeout=5)
+    async with http, trio.open_nursery() as nursery:
+        # The receiver: bridge's output, decoded by ffmpeg's own RTP/PCMU stack.
+        receiver = [
+            FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
+            "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp),
+            "-t", str(record_s), "-ar", str(RATE), "-ac", "1",
+            "-f", "s16le", "-y", str(out),
+        ]  # fmt: skip
+        receiver_done = trio.Event()
+
+        async def receive() -> None:
+            await run(receiver, logs)
+            receiver_done.set()
+
+        nursery.start_soon(receive)
+        while not port_taken(recv_port):
+            await trio.sleep(0.02)
+
+        r = await http.post(
+            "/v1/streams",
+            json={"call_id": "ffmpeg", "route": route, "remote": f"127.0.0.1:{recv_port}"},
+        )
+        assert r.status_code == 201, r.text
+        stream_id = r.json()["stream_id"]
+        host, port = parse_addr(r.json()["local"])
+        # The sender: -re paces it in real time; asetnsamples makes one 20 ms packet
+        # per 160 samples (ffmpeg's WAV demuxer reads 256 ms blocks and would send them
+        # as 1460-byte bursts).
+        sender = [
+            FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-re",
+            "-f", "lavfi", "-i", f"amovie={wav},asetnsamples=n=160:p=0",
+            "-ar", str(RATE), "-ac", "1", "-c:a", "pcm_mulaw",
+            "-payload_type", "0", "-ssrc", "4660",
+            "-f", "rtp", f"rtp://{host}:{port}",
+        ]  # fmt: skip
+        await run(sender, logs)
+        with trio.fail_after(record_s + 2):
+            await receiver_done.wait()
+        # The receiver stopped after record_s of bridge's output: end the stream.
+        r = await http.delete(f"/v1/streams/{stream_id}")
+        assert r.status_code == 202
+        while daemon.manager.get(stream_id) is not None:
+            await trio.sleep(0.01)
+    assert opener(daemon).pool.in_use == 0
+    await daemon.store.flush()
+    record = await daemon.get_stream(stream_id)
+    assert record is not None
+    return dict(record)

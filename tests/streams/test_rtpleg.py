@@ -146,10 +146,11 @@ async def test_latches_after_latch_packets_sequential_packets(
         await send_frames(a, h.addr, range(3, 4))
         await wait_until(lambda: h.leg.latched == a.address)
         assert h.leg.destination == a.address
-        # The probation packets were not lost: all four are in the jitter buffer.
-        assert h.leg.jitter_buffer.stats.received == 4
-        h.poll(4)
-        assert h.sink.audio() == [pcm_of(n) for n in range(4)]
+        # Strict-RTP learning: the packet that completed the probation is the first to
+        # reach the app; the three before it are dropped and counted.
+        assert h.leg.jitter_buffer.stats.received == 1
+        assert h.leg.jitter_counters()["rtp_probation_dropped"] == 3
+        assert h.sink.audio() == [pcm_of(3)]
 
 
 async def test_second_source_before_latch_restarts_probation(
@@ -167,9 +168,8 @@ async def test_second_source_before_latch_restarts_probation(
         await send_frames(a, h.addr, range(2, 10))
         await wait_until(lambda: h.leg.foreign == 8)
         assert h.leg.latched == b.address
-        assert h.leg.jitter_buffer.stats.received == 3
-        h.poll(5)
-        assert h.sink.audio()[:3] == [pcm_of(n) for n in range(100, 103)]
+        assert h.leg.jitter_buffer.stats.received == 1
+        assert h.sink.audio() == [pcm_of(102)]
 
 
 async def test_non_sequential_packets_never_latch(harness_factory: Any, open_peer: Any) -> None:
@@ -196,7 +196,7 @@ async def test_second_source_after_latch_is_dropped_then_relatches_after_silence
         # B talks while A is alive: dropped, even though it passes probation.
         await send_frames(b, h.addr, range(50, 56))
         await send_frames(a, h.addr, range(4, 6))
-        await wait_until(lambda: h.leg.foreign == 6 and h.leg.packets_received == 6)
+        await wait_until(lambda: h.leg.foreign == 6 and h.leg.packets_received == 5)
         assert h.leg.latched == a.address and h.leg.latches == 1
         h.leg.send_audio(pcm_of(1))
         # A falls silent for longer than relatch_silence_s: B's next packets take over.
@@ -224,7 +224,7 @@ async def test_new_ssrc_from_latched_address_is_accepted_at_once(
         await wait_until(lambda: h.leg.latched == a.address)
         a.session = RtpSession("pcmu")  # re-INVITE: new SSRC, new sequence numbers
         await send_frames(a, h.addr, range(4, 5))
-        await wait_until(lambda: h.leg.packets_received == 5)
+        await wait_until(lambda: h.leg.packets_received == 2)
         assert h.leg.ssrc_changes == 1 and h.leg.foreign == 0
 
 
@@ -270,25 +270,34 @@ async def test_reordered_packets_come_out_in_order(harness_factory: Any, open_pe
         assert counters["rtp_latches"] == 1
 
 
-async def test_poll_delivers_nothing_before_start_and_when_idle(
+async def test_audio_goes_to_the_app_on_arrival_and_gaps_only_after_the_wait(
     harness_factory: Any, open_peer: Any
 ) -> None:
+    """In-order packets reach the app at once (no start threshold, nothing clocked by
+    the playout grid); a lost packet is concealed once its wait has run out (settled by
+    ``poll`` on the stream's tick); a pause invents nothing."""
     with trio.fail_after(5):
-        h = await harness_factory(latch_packets=1, jitter_start_ms=60)
+        h = await harness_factory(latch_packets=1, jitter_start_ms=40)
         h.poll(5)
         assert h.sink.events == []
         a = await open_peer()
-        await send_frames(a, h.addr, range(2))  # 40 ms < the 60 ms start threshold
-        await wait_until(lambda: h.leg.jitter_buffer.stats.received == 2)
-        h.poll(3)
-        assert h.sink.events == []
-        await send_frames(a, h.addr, range(2, 3))
+        packets = [a.session.send_audio(pcm_of(n)) for n in range(4)]
+        for i in (0, 1):
+            await a.send_raw(packets[i], h.addr)
+        await wait_until(lambda: len(h.sink.audio()) == 2)
+        assert h.sink.audio() == [pcm_of(0), pcm_of(1)]
+        await a.send_raw(packets[3], h.addr)  # packet 2 is lost
         await wait_until(lambda: h.leg.jitter_buffer.stats.received == 3)
-        h.poll(10)
-        # Three frames, then two concealment frames (the jitter buffer's), then nothing.
+        h.poll(1)
+        assert len(h.sink.audio()) == 2  # 3 is held while 2 may still come
+        await trio.sleep(0.05)
+        h.poll(1)
         audio = h.sink.audio()
-        assert audio[:3] == [pcm_of(n) for n in range(3)]
-        assert len(audio) == 5 and h.leg.jitter_buffer.stats.concealed == 2
+        assert len(audio) == 4 and audio[3] == pcm_of(3)
+        assert h.leg.jitter_buffer.stats.lost == 1 and h.leg.jitter_buffer.stats.concealed == 1
+        await trio.sleep(0.2)
+        h.poll(10)
+        assert len(h.sink.audio()) == 4  # nothing invented for the pause
 
 
 # -- rtp_timeout ------------------------------------------------------------------------
@@ -349,12 +358,11 @@ async def test_garbage_is_counted_and_ignored(harness_factory: Any, open_peer: A
         # An RTCP receiver report (RFC 5761 multiplexing) is not garbage: counted apart.
         await a.send_raw(b"\x80\xc9\x00\x01" + bytes(4), h.addr)
         await send_frames(a, h.addr, range(2, 4))
-        await wait_until(lambda: h.leg.jitter_buffer.stats.received == 4)
+        await wait_until(lambda: h.leg.jitter_buffer.stats.received == 3)
         assert h.leg.malformed == len(garbage) == len(h.bad)
         assert h.leg.jitter_counters()["rtp_rtcp"] == 1
         assert not h.reader_result  # the stream goes on
-        h.poll(4)
-        assert h.sink.audio() == [pcm_of(n) for n in range(4)]
+        assert h.sink.audio() == [pcm_of(n) for n in range(1, 4)]
 
 
 # -- DTMF -------------------------------------------------------------------------------
@@ -482,8 +490,7 @@ async def test_l16_is_big_endian_on_the_wire(harness_factory: Any, open_peer: An
         await peer.send_pcm(pcm, h.addr)
         await peer.send_pcm(pcm, h.addr)
         await wait_until(lambda: h.leg.jitter_buffer.stats.received == 3)
-        h.poll(1)
-        assert h.sink.audio() == [pcm]
+        assert h.sink.audio() == [pcm, pcm, pcm]
 
 
 # -- close ------------------------------------------------------------------------------
