@@ -50,7 +50,11 @@ from ._metrics import Metrics
 from ._notify import SdNotifier, serve_watchdog
 from ._outbox import EventStore, open_event_store
 
-__all__ = ["Daemon", "run_daemon"]
+__all__ = ["EXIT_LOST", "Daemon", "run_daemon"]
+
+#: ``bridge run``'s exit status after a stop that lost events or stream records (they
+#: could not be written to the records database; each is logged with its id).
+EXIT_LOST = 3
 
 logger = logging.getLogger("bridge.daemon")
 
@@ -87,6 +91,9 @@ class Daemon:
     _cancel: trio.CancelScope | None = None
     _sampled: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     started_monotonic: float = attrs.field(factory=time.monotonic)
+    #: This run's event store, kept after it closes: what it could not persist decides
+    #: the exit status (``lost``).
+    last_store: EventStore | None = None
 
     def __attrs_post_init__(self) -> None:
         self.manager = StreamManager(self.ticker, max_streams=self.config.daemon.max_streams)
@@ -109,7 +116,7 @@ class Daemon:
             concurrency=cfg.callbacks.concurrency,
             retention_s=cfg.records.retention_s,
         ) as store:
-            self.store = store
+            self.store = self.last_store = store
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self.ticker.serve)
@@ -205,7 +212,8 @@ class Daemon:
             self.config.daemon.drain_timeout_s,
         )
         ended = await self.manager.drain(self.config.daemon.drain_timeout_s)
-        if self.store is not None:
+        if self.store is not None and self.store.healthy:
+            # (A store that cannot write makes its last attempts when it closes.)
             with trio.move_on_after(5.0):
                 await self.store.flush()
         return ended
@@ -437,7 +445,26 @@ class Daemon:
 
     @property
     def ready(self) -> bool:
-        return self.listening and not self.stopping
+        return self.not_ready_reason is None
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why ``/readyz`` is 503: ``starting``, ``draining`` or ``outbox_unwritable``
+        (events and records cannot be persisted: a full disk, an I/O error); None when
+        ready."""
+        if self.stopping:
+            return "draining"
+        if not self.listening:
+            return "starting"
+        if self.store is not None and not self.store.healthy:
+            return "outbox_unwritable"
+        return None
+
+    @property
+    def lost(self) -> int:
+        """Events and stream records this run could not persist (each logged with its id)."""
+        store = self.last_store
+        return 0 if store is None else store.events_lost + store.records_lost
 
     def live_streams(self) -> list[dict[str, Any]]:
         out = []
@@ -559,6 +586,10 @@ async def _main(config: Config, config_path: str | None) -> int:
                     nursery.cancel_scope.cancel()
                     break
                 break
+    if daemon.lost:
+        # Every one was logged with its id by the event store; the status tells systemd
+        # (the unit shows as failed) and scripts that this stop lost data.
+        exit_code = EXIT_LOST
     return exit_code
 
 
