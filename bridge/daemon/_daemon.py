@@ -91,6 +91,8 @@ class Daemon:
     _cancel: trio.CancelScope | None = None
     _sampled: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     started_monotonic: float = attrs.field(factory=time.monotonic)
+    #: Streams whose first-audio setup time is already in the histogram.
+    _first_audio_seen: set[str] = attrs.field(factory=set)
     #: This run's event store, kept after it closes: what it could not persist decides
     #: the exit status (``lost``).
     last_store: EventStore | None = None
@@ -117,6 +119,7 @@ class Daemon:
             retention_s=cfg.records.retention_s,
         ) as store:
             self.store = self.last_store = store
+            self._init_metrics()
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self.ticker.serve)
@@ -183,6 +186,7 @@ class Daemon:
                 d_out += stream.frames_out - prev[1]
                 seen[stream.stream_id] = (stream.frames_in, stream.frames_out)
             self._sampled = seen
+            self._observe_first_audio()
             m.add_frames("call_to_app", d_in)
             m.add_frames("app_to_call", d_out)
             ticks = self.ticker.ticks
@@ -243,6 +247,7 @@ class Daemon:
         self.config = _merge_reload(old, new)
         self.manager.max_streams = new.daemon.max_streams
         self._hold_cache.clear()
+        self._init_metrics()
         logger.info("reloaded %s: %d routes", self.config_path, len(new.routes))
         self.notifier.ready(status=self._status())
         return True
@@ -368,6 +373,9 @@ class Daemon:
         }
         if event == "StartStream":
             ev = StreamEvent.start(**common)
+            self.metrics.observe_setup(
+                "app_connected", time.monotonic() - stream.created_monotonic
+            )
         elif event == "StopStream":
             ev = StreamEvent.stop(
                 **common, reason=fields["reason"], duration_s=fields["duration_s"]
@@ -406,6 +414,8 @@ class Daemon:
             self.resumable.pop(key, None)
         reason = stream.reason or "shutdown"
         self.metrics.stream_ended(stream.route, reason)
+        self._observe_first_audio(stream)
+        self._first_audio_seen.discard(stream.stream_id)
         self.metrics.uplink_buffer_fill.observe(stream.max_buffer_percent / 100.0)
         prev = self._sampled.pop(stream.stream_id, (0, 0))
         self.metrics.add_frames("call_to_app", stream.frames_in - prev[0])
@@ -507,6 +517,43 @@ class Daemon:
             raise StreamRefused("rtp_disabled", "the RTP listener is not configured")
         result: dict[str, Any] = await self.rtp_opener(request)
         return result
+
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def _init_metrics(self) -> None:
+        """Every labelled series the configuration can produce exists at 0 from the start,
+        and the gauges read at scrape time know where to look."""
+        cfg = self.config
+        listeners = [
+            name
+            for name, on in (
+                ("audiosocket", cfg.audiosocket.listen_addr is not None),
+                ("websocket", cfg.websocket.listen_addr is not None),
+                ("rtp", bool(cfg.rtp.ports)),
+            )
+            if on
+        ]
+        self.metrics.init_series(listeners, [(r.name, r.match.listener) for r in cfg.routes])
+        self.metrics.live_routes = lambda: [s.route for s in self.manager.live()]
+        self.metrics.rtp_ports = self._rtp_ports
+
+    def _rtp_ports(self) -> tuple[int, int]:
+        pool = getattr(self.rtp_opener, "pool", None)
+        if pool is None:
+            return 0, 0
+        return pool.in_use, pool.size
+
+    def _observe_first_audio(self, only: Stream | None = None) -> None:
+        """Setup time to the app's first audio, for streams that reached it since the
+        last look (the stream stamps the time on its per-frame path; this reads it
+        once a second, and at the stream's end)."""
+        seen = self._first_audio_seen
+        for stream in (only,) if only is not None else self.manager.live():
+            at = stream.first_audio_monotonic
+            if at is not None and stream.stream_id not in seen:
+                seen.add(stream.stream_id)
+                self.metrics.observe_setup("first_audio", at - stream.created_monotonic)
 
 
 def _merge_reload(old: Config, new: Config) -> Config:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -202,6 +203,11 @@ class Stream:
     bytes_in: int = 0
     bytes_out: int = 0
     app_frames_received: int = 0
+    #: ``time.monotonic()`` when the stream was made (its call leg accepted and routed)
+    #: and when the app's first audio went out to the caller: the daemon's setup-latency
+    #: histogram (``bridge_stream_setup_seconds``) reads them.
+    created_monotonic: float = attrs.field(factory=time.monotonic)
+    first_audio_monotonic: float | None = None
 
     # -- internals ---------------------------------------------------------------------
     _cancel: trio.CancelScope | None = None
@@ -818,6 +824,8 @@ class Stream:
         waited = now_s - arrivals[0][0] if arrivals and now_s else 0.0
         pcm, marks = playout.pop()
         if pcm is not None:
+            if self.first_audio_monotonic is None:
+                self.first_audio_monotonic = time.monotonic()
             self._popped_bytes += len(pcm)
             while arrivals and arrivals[0][1] <= self._popped_bytes:
                 arrivals.popleft()
