@@ -537,6 +537,7 @@ class Daemon:
         self.metrics.init_series(listeners, [(r.name, r.match.listener) for r in cfg.routes])
         self.metrics.live_routes = lambda: [s.route for s in self.manager.live()]
         self.metrics.rtp_ports = self._rtp_ports
+        self.metrics.ready = lambda: self.ready
 
     def _rtp_ports(self) -> tuple[int, int]:
         pool = getattr(self.rtp_opener, "pool", None)

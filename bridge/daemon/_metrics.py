@@ -141,6 +141,8 @@ class Metrics:
     #: RTP port pool's (in use, total).
     live_routes: Callable[[], Iterable[str]] | None = attrs.field(init=False, default=None)
     rtp_ports: Callable[[], tuple[int, int]] | None = attrs.field(init=False, default=None)
+    #: Whether ``/readyz`` answers 200 (``bridge_ready``).
+    ready: Callable[[], bool] | None = attrs.field(init=False, default=None)
     _routes: set[str] = attrs.field(init=False, factory=set, repr=False)
     _setup: dict[str, Histogram] = attrs.field(init=False, repr=False)
 
@@ -318,19 +320,26 @@ class Metrics:
 
 class _DaemonViewCollector(Collector):
     """Gauges read from the daemon's own state at scrape time (nothing to keep in step):
-    live streams by route, and the RTP port pool."""
+    readiness, live streams by route, and the RTP port pool."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         # Names only (auto_describe would otherwise call collect() at registration).
+        yield GaugeMetricFamily("bridge_ready", "")
         yield GaugeMetricFamily("bridge_streams_live", "", labels=["route"])
         yield GaugeMetricFamily("bridge_rtp_ports_in_use", "")
         yield GaugeMetricFamily("bridge_rtp_ports_total", "")
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         m = self._metrics
+        yield GaugeMetricFamily(
+            "bridge_ready",
+            "1 while /readyz answers 200; 0 while starting, draining or unable to persist"
+            " events (bridge_draining, bridge_outbox_healthy say which).",
+            value=1.0 if m.ready is not None and m.ready() else 0.0,
+        )
         live = GaugeMetricFamily(
             "bridge_streams_live",
             "Streams live now, by route (every configured route, 0 included).",

@@ -226,6 +226,7 @@ async def test_full_disk_readyz_503_recovers_then_stop_logs_every_lost_event_and
                 assert r.status_code == 503
                 assert r.json() == {"status": "not_ready", "reason": "outbox_unwritable"}
                 assert await metric(client, d, "bridge_outbox_healthy") == 0.0
+                assert await metric(client, d, "bridge_ready") == 0.0
                 await until(client, d, "bridge_events_emitted_total", 6)
                 await trio.sleep(2.2)  # two more retries: still one ERROR line
                 assert await metric(client, d, "bridge_outbox_write_errors_total") >= 3

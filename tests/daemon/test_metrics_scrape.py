@@ -70,6 +70,7 @@ async def test_every_labelled_series_exists_at_zero_before_any_call(
     for cause in ("held_full", "shutdown"):
         assert value(m, "bridge_events_lost_total", cause=cause) == 0
     assert value(m, "bridge_outbox_healthy") == 1
+    assert value(m, "bridge_ready") == 1
 
 
 async def test_only_enabled_listeners_get_listener_series(
