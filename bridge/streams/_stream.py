@@ -51,8 +51,16 @@ from ..dialects import (
     Stats,
     StatsRequest,
     Stop,
+    mark_text,
 )
-from ..media import LatenessHistogram, PacingClock, PlayoutBuffer, Resampler, frame_bytes
+from ..media import (
+    LatenessHistogram,
+    MarkName,
+    PacingClock,
+    PlayoutBuffer,
+    Resampler,
+    frame_bytes,
+)
 from ._legs import AppConnection, AppConnector, CallLeg
 from ._ticker import Ticker, TickHandle
 from ._uplink import UplinkBuffer
@@ -247,7 +255,7 @@ class Stream:
     _popped_bytes: int = 0
     _last_push_bytes: int = 0
     #: Marks forwarded to a carrier that has not echoed them yet.
-    _carrier_marks: list[str] = attrs.field(factory=list)
+    _carrier_marks: list[MarkName] = attrs.field(factory=list)
     _awaiting_call: bool = False
     _call_resumed: trio.Event = attrs.field(factory=trio.Event)
     call_resumes: int = 0
@@ -540,12 +548,9 @@ class Stream:
             self._to_app(event)
         elif type(event) is Mark:
             # A carrier's echo of a mark we forwarded: now it really was played (or
-            # cleared) on the far side, so the app learns it.
-            try:
-                self._carrier_marks.remove(event.name)
-            except ValueError:
-                pass
-            self._app_event(event)
+            # cleared) on the far side, so the app learns it, under the name it chose:
+            # a carrier's names are strings, so a number went out as its JSON text.
+            self._app_event(Mark(self._carrier_mark_echoed(event.name)))
         elif type(event) is Cleared:
             # Plivo's clearedAudio: its cleared checkpoints are never answered
             # (PROTOCOLS.md "Design implications" 3), so bridge answers them itself. The
@@ -558,6 +563,16 @@ class Stream:
             self.end("call_hangup")
         else:
             self._log_once(f"call:{type(event).__name__}", "ignored call-leg event %s", event)
+
+    def _carrier_mark_echoed(self, echoed: MarkName) -> MarkName:
+        """The pending forwarded mark a carrier's echo answers (the first with the same
+        text), taken off the list; the echo itself if none matches."""
+        text = mark_text(echoed)
+        marks = self._carrier_marks
+        for i, name in enumerate(marks):
+            if mark_text(name) == text:
+                return marks.pop(i)
+        return echoed
 
     # ==================================================================================
     # call -> app (uplink)
