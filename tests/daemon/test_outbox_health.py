@@ -19,6 +19,7 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
+from bridge.daemon import _outbox as outbox_module
 from bridge.daemon._events import EventSource, StreamEvent
 from bridge.daemon._outbox import EventStore, open_event_store
 
@@ -288,3 +289,55 @@ async def test_events_queued_by_a_cancelled_daemons_closing_steps_are_written(
     finally:
         conn.close()
     assert names == ["StartStream", "StopStream"]
+
+
+async def test_while_writes_keep_failing_a_summary_comes_periodically(
+    rx: CallbackReceiver,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox_module, "_SUMMARY_INTERVAL_S", 1.0)
+    caplog.set_level(logging.DEBUG, LOGGER)
+    async with open_event_store(
+        str(tmp_path / "r.db"), registry=CollectorRegistry(), max_held=1, **FAST
+    ) as store:
+        await store.flush()
+        await fill_disk(store)
+        store.emit(big_event(rx, 0))
+        store.emit(big_event(rx, 1))  # lost: the hold is full
+        await trio.sleep(3.5)
+        await free_disk(store)
+        with trio.fail_after(5):
+            await store.wait_delivered()
+    assert len(messages(caplog, logging.ERROR, "outbox writes failing")) == 1
+    summaries = messages(caplog, logging.ERROR, "outbox writes still failing")
+    assert 2 <= len(summaries) <= 4
+    assert "1 items held in memory, 1 events and 0 records lost so far" in (
+        summaries[-1].getMessage()
+    )
+
+
+async def test_a_write_that_hangs_makes_the_store_unhealthy_until_it_finishes(
+    rx: CallbackReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "_WRITE_STALL_S", 0.3)
+    path = str(tmp_path / "r.db")
+    async with open_event_store(path, registry=CollectorRegistry(), **FAST) as store:
+        await store.flush()
+        # Another connection holds the write lock: the store's write waits for it (up to
+        # SQLite's busy timeout, 5 s) the way a write on a stalled disk waits.
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            store.emit(source(rx, 1).start())
+            with trio.fail_after(3):
+                while store.healthy:
+                    await trio.sleep(0.05)
+            assert "a write has been running for" in (store.problem or "")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        with trio.fail_after(5):
+            await store.wait_delivered()
+        assert store.healthy
