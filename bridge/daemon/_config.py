@@ -1075,6 +1075,8 @@ def _redact_url(value: str) -> str:
     if netloc == parts.netloc and query == parts.query:
         return value
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 _TOML_ESCAPES = {
     '"': '\\"',
     "\\": "\\\\",
@@ -1174,7 +1176,10 @@ def dump_config(config: Config, *, redact: bool = False) -> str:
     """
     out = ["# bridge: resolved configuration, every default filled in."]
     if redact:
-        out.append(f'# Secrets are shown as "{REDACTED}"; `bridge check-config --show-secrets` prints them.')
+        out.append(
+            f'# Secrets are shown as "{REDACTED}";'
+            " `bridge check-config --show-secrets` prints them."
+        )
     out.append("")
     for name in config.__struct_fields__:
         if name != "routes":

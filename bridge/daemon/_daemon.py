@@ -518,7 +518,6 @@ class Daemon:
         result: dict[str, Any] = await self.rtp_opener(request)
         return result
 
-
     # -- metrics ---------------------------------------------------------------------------
 
     def _init_metrics(self) -> None:

@@ -337,7 +337,9 @@ def _count_readable(path: str) -> tuple[int | None, int | None]:
         return None, None
     try:
         with contextlib.suppress(sqlite3.Error):
-            pending = conn.execute("SELECT COUNT(*) FROM events WHERE status = 'pending'").fetchone()[0]
+            pending = conn.execute(
+                "SELECT COUNT(*) FROM events WHERE status = 'pending'"
+            ).fetchone()[0]
         with contextlib.suppress(sqlite3.Error):
             records = conn.execute("SELECT COUNT(*) FROM streams").fetchone()[0]
     finally:

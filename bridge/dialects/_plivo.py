@@ -419,9 +419,8 @@ class PlivoApp:
             rate = tx.sample_rate if tx is not None else event.frame.sample_rate
             return [self.send_audio(_check_rate(event.frame, rate))]
         if isinstance(event, Mark):
-            return [
-                dumps({"event": "checkpoint", "streamId": self._sid(), "name": mark_text(event.name)})
-            ]
+            name = mark_text(event.name)
+            return [dumps({"event": "checkpoint", "streamId": self._sid(), "name": name})]
         if isinstance(event, Clear):
             return [dumps({"event": "clearAudio", "streamId": self._sid()})]
         if isinstance(event, Dtmf):
