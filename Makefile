@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?=
 
-.PHONY: run test lint typecheck pytest bench chaos soak sysdeps clean
+.PHONY: run test lint typecheck rules pytest bench chaos soak sysdeps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,8 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 run: $(VENV)/.installed
 	$(VENV)/bin/bridge run $(if $(CONFIG),-c $(CONFIG))
 
-# System packages the tests need (ffmpeg as the independent RTP peer, systemd-analyze).
+# System packages the tests need (ffmpeg as the independent RTP peer, systemd-analyze,
+# unshare for the full-disk test, promtool for the alert rules).
 sysdeps:
 	./scripts/install-system-deps
 
@@ -36,10 +37,16 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(VENV)/bin/mypy --strict bridge
 
+# The Prometheus alert rules parse, and fire as their unit tests say (promtool comes
+# from scripts/install-system-deps).
+rules:
+	promtool check rules deploy/prometheus/bridge-rules.yml
+	promtool test rules deploy/prometheus/bridge-rules.test.yml
+
 pytest: $(VENV)/.installed-test
 	$(VENV)/bin/pytest -q
 
-test: sysdeps lint typecheck pytest
+test: sysdeps lint typecheck rules pytest
 
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run_all.py

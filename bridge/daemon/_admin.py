@@ -7,7 +7,8 @@ speaks HTTP: routing, auth, validation, JSON bodies and status codes.
 Contract (see docs/operations.md):
 
 - ``GET /healthz``: 200 ``{"status": "ok"}`` while the event loop answers.
-- ``GET /readyz``: 200 ``{"status": "ready"}`` or 503 ``{"status": "draining"}``.
+- ``GET /readyz``: 200 ``{"status": "ready"}``, or 503 ``{"status": "draining"}`` or
+  ``{"status": "not_ready", "reason": "outbox_unwritable"}`` (or ``"starting"``).
 - ``GET /metrics``: Prometheus text format.
 - ``GET /v1/streams[?state=live|ended|all&since=…&limit=…]``: ``{"streams": [...]}``.
 - ``GET /v1/events[?status=pending|delivered|failed|skipped&limit=…]``: ``{"events": [...]}``
@@ -62,8 +63,12 @@ class AdminBackend(Protocol):
 
     @property
     def ready(self) -> bool:
-        """False while draining or before the listeners are bound."""
+        """False while draining, before the listeners are bound, or while events cannot
+        be persisted."""
         ...
+
+    # Optional (read with getattr): ``not_ready_reason: str | None``, why ``ready`` is
+    # False ("starting", "outbox_unwritable", ...), given in the /readyz body.
 
     def live_streams(self) -> list[dict[str, Any]]:
         """A snapshot of every live stream (JSON-able); serves the plain ``GET /v1/streams``."""
@@ -247,7 +252,10 @@ def create_admin_app(backend: AdminBackend, metrics: Metrics, *, token: str = ""
     async def readyz(request: Request) -> Response:
         if backend.ready:
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "draining"}, status_code=503)
+        reason = getattr(backend, "not_ready_reason", None)
+        if reason in (None, "draining"):
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
 
     async def metrics_endpoint(request: Request) -> Response:
         body, content_type = metrics.render(request.headers.get("accept", ""))

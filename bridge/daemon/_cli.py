@@ -3,12 +3,16 @@
 ::
 
     bridge run [-c FILE]            run the daemon (embedded default config without -c)
-    bridge check-config [-c FILE]   validate and print the resolved config; exit 2 on error
+    bridge check-config [-c FILE] [--show-secrets]
+                                    validate and print the resolved config, secrets
+                                    redacted unless --show-secrets; exit 2 on error
     bridge version                  print the version
     bridge call ...                 place test calls / generate load (see ``bridge call -h``)
     bridge echo-server ...          a standalone echo application server
 
-Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 3 ``bridge
+run`` stopped but events or stream records could not be written to the records database
+(each is logged with its id: ``event lost`` / ``stream record lost``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_check = sub.add_parser("check-config", help="validate a config and print it resolved")
     _add_config_arg(p_check)
+    p_check.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="print tokens, secrets, passwords and app.headers values as they are"
+        ' (by default they are shown as "<redacted>")',
+    )
 
     sub.add_parser("version", help="print the version")
 
@@ -88,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {args.config}: {exc.strerror or exc}", file=sys.stderr)
             return 2
         if args.command == "check-config":
-            sys.stdout.write(dump_config(config))
+            sys.stdout.write(dump_config(config, redact=not args.show_secrets))
             return 0
         from ._daemon import run_daemon
 

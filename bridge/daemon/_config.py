@@ -1089,7 +1089,49 @@ def _to_config_error(exc: msgspec.ValidationError, file: str | None) -> ConfigEr
 # --------------------------------------------------------------------------- dumping
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
-_SECRET_FIELDS = frozenset({"token", "secret", "twilio_auth_token"})
+# What ``dump_config(redact=True)`` (and so ``bridge check-config``) hides, decided here
+# and only here, by field name, so a secret field added later is hidden without a change:
+# a field any of whose words (split at "_") is one of these ...
+_SECRET_WORDS = frozenset({"secret", "token", "password", "passphrase", "credentials"})
+# ... every value of these tables (``app.headers`` carries Authorization headers) ...
+_SECRET_TABLES = frozenset({"headers"})
+# ... the ``value`` of a ``match.header``/``match.query`` whose name looks like a credential,
+# and the password and credential-like query parameters of any URL.
+_SECRET_NAME_RE = re.compile(r"auth|token|secret|passw|key|sig|cookie|session", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def _is_secret_field(name: str) -> bool:
+    return any(word in _SECRET_WORDS for word in name.lower().split("_"))
+
+
+def _redact_url(value: str) -> str:
+    """``value`` with a URL's password and credential-like query values hidden (other
+    strings are returned as they are)."""
+    if "://" not in value:
+        return value
+    try:
+        parts = urllib.parse.urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return value
+    netloc = parts.netloc
+    if password:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{REDACTED}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_NAME_RE.search(k) for k, _ in pairs):
+            query = urllib.parse.urlencode(
+                [(k, REDACTED if _SECRET_NAME_RE.search(k) else v) for k, v in pairs], safe="<>"
+            )
+    if netloc == parts.netloc and query == parts.query:
+        return value
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 _TOML_ESCAPES = {
     '"': '\\"',
     "\\": "\\\\",
@@ -1137,8 +1179,11 @@ def _emit(
     array: bool = False,
     replace: Mapping[str, object] | None = None,
     redact: bool = False,
+    redact_all: bool = False,
 ) -> None:
-    """Append ``table`` as a TOML table (scalars first, then its sub-tables)."""
+    """Append ``table`` as a TOML table (scalars first, then its sub-tables).
+
+    ``redact`` hides secrets (see ``_SECRET_WORDS``); ``redact_all`` every value."""
     dotted = ".".join(_toml_key(k) for k in keys)
     out.append(f"[[{dotted}]]" if array else f"[{dotted}]")
     items: list[tuple[str, object]]
@@ -1156,22 +1201,41 @@ def _emit(
             if value:  # an empty dict is the default: leave it out
                 subtables.append((name, value))
             continue
-        if redact and name in _SECRET_FIELDS and value:
-            value = "<redacted>"
+        if redact and value and isinstance(value, str):
+            if redact_all or _is_secret_field(name) or _secret_match_value(table, name):
+                value = REDACTED
+            else:
+                value = _redact_url(value)
         out.append(f"{_toml_key(name)} = {_toml_value(value)}")
     out.append("")
     for name, sub in subtables:
-        _emit(out, [*keys, name], sub, redact=redact)
+        _emit(out, [*keys, name], sub, redact=redact, redact_all=redact and name in _SECRET_TABLES)
+
+
+def _secret_match_value(table: object, name: str) -> bool:
+    return (
+        name == "value"
+        and isinstance(table, KeyValueMatch)
+        and bool(_SECRET_NAME_RE.search(table.name))
+    )
 
 
 def dump_config(config: Config, *, redact: bool = False) -> str:
     """The resolved configuration as TOML: every default written out, and every route's
     ``[routes.stream]`` holding its effective settings (overrides merged over [stream]).
 
-    Parsing the output gives the same effective configuration. ``redact`` replaces tokens
-    and secrets with ``"<redacted>"`` (for printing; such output no longer round-trips).
+    Parsing the output gives the same effective configuration. ``redact`` replaces tokens,
+    secrets, passwords, ``app.headers`` values and URL credentials with ``"<redacted>"``
+    (what ``bridge check-config`` prints unless ``--show-secrets``; such output no longer
+    round-trips).
     """
-    out = ["# bridge: resolved configuration, every default filled in.", ""]
+    out = ["# bridge: resolved configuration, every default filled in."]
+    if redact:
+        out.append(
+            f'# Secrets are shown as "{REDACTED}";'
+            " `bridge check-config --show-secrets` prints them."
+        )
+    out.append("")
     for name in config.__struct_fields__:
         if name != "routes":
             _emit(out, [name], getattr(config, name), redact=redact)

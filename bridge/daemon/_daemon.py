@@ -50,7 +50,11 @@ from ._metrics import Metrics
 from ._notify import SdNotifier, serve_watchdog
 from ._outbox import EventStore, open_event_store
 
-__all__ = ["Daemon", "run_daemon"]
+__all__ = ["EXIT_LOST", "Daemon", "run_daemon"]
+
+#: ``bridge run``'s exit status after a stop that lost events or stream records (they
+#: could not be written to the records database; each is logged with its id).
+EXIT_LOST = 3
 
 logger = logging.getLogger("bridge.daemon")
 
@@ -90,6 +94,11 @@ class Daemon:
     started_monotonic: float = attrs.field(factory=time.monotonic)
     #: The rate limit of every bad-peer WARNING line (``[daemon] bad_input_log_*``).
     bad_peers: BadPeerLog = attrs.field(init=False)
+    #: Streams whose first-audio setup time is already in the histogram.
+    _first_audio_seen: set[str] = attrs.field(factory=set)
+    #: This run's event store, kept after it closes: what it could not persist decides
+    #: the exit status (``lost``).
+    last_store: EventStore | None = None
 
     def __attrs_post_init__(self) -> None:
         self.manager = StreamManager(self.ticker, max_streams=self.config.daemon.max_streams)
@@ -117,7 +126,8 @@ class Daemon:
             concurrency=cfg.callbacks.concurrency,
             retention_s=cfg.records.retention_s,
         ) as store:
-            self.store = store
+            self.store = self.last_store = store
+            self._init_metrics()
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self.ticker.serve)
@@ -181,6 +191,7 @@ class Daemon:
             for stream in self.manager.live():
                 seen[stream.stream_id] = self._add_samples(stream)
             self._sampled = seen
+            self._observe_first_audio()
             ticks = self.ticker.ticks
             if ticks != last_ticks and self.ticker.wakeups:
                 m.ticker_lag.observe(self.ticker.lag_max_s)
@@ -233,7 +244,8 @@ class Daemon:
             self.config.daemon.drain_timeout_s,
         )
         ended = await self.manager.drain(self.config.daemon.drain_timeout_s)
-        if self.store is not None:
+        if self.store is not None and self.store.healthy:
+            # (A store that cannot write makes its last attempts when it closes.)
             with trio.move_on_after(5.0):
                 await self.store.flush()
         return ended
@@ -266,6 +278,7 @@ class Daemon:
             new.daemon.bad_input_log_per_interval, new.daemon.bad_input_log_interval_s
         )
         self._hold_cache.clear()
+        self._init_metrics()
         logger.info("reloaded %s: %d routes", self.config_path, len(new.routes))
         self.notifier.ready(status=self._status())
         return True
@@ -427,6 +440,9 @@ class Daemon:
         }
         if event == "StartStream":
             ev = StreamEvent.start(**common)
+            self.metrics.observe_setup(
+                "app_connected", time.monotonic() - stream.created_monotonic
+            )
         elif event == "StopStream":
             ev = StreamEvent.stop(
                 **common, reason=fields["reason"], duration_s=fields["duration_s"]
@@ -481,6 +497,8 @@ class Daemon:
             self.resumable.pop(key, None)
         reason = stream.reason or "shutdown"
         self.metrics.stream_ended(stream.route, reason)
+        self._observe_first_audio(stream)
+        self._first_audio_seen.discard(stream.stream_id)
         self.metrics.uplink_buffer_fill.observe(stream.max_buffer_percent / 100.0)
         self._add_samples(stream)
         self._sampled.pop(stream.stream_id, None)
@@ -520,7 +538,26 @@ class Daemon:
 
     @property
     def ready(self) -> bool:
-        return self.listening and not self.stopping
+        return self.not_ready_reason is None
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why ``/readyz`` is 503: ``starting``, ``draining`` or ``outbox_unwritable``
+        (events and records cannot be persisted: a full disk, an I/O error); None when
+        ready."""
+        if self.stopping:
+            return "draining"
+        if not self.listening:
+            return "starting"
+        if self.store is not None and not self.store.healthy:
+            return "outbox_unwritable"
+        return None
+
+    @property
+    def lost(self) -> int:
+        """Events and stream records this run could not persist (each logged with its id)."""
+        store = self.last_store
+        return 0 if store is None else store.events_lost + store.records_lost
 
     def live_streams(self) -> list[dict[str, Any]]:
         out = []
@@ -563,6 +600,43 @@ class Daemon:
             raise StreamRefused("rtp_disabled", "the RTP listener is not configured")
         result: dict[str, Any] = await self.rtp_opener(request)
         return result
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def _init_metrics(self) -> None:
+        """Every labelled series the configuration can produce exists at 0 from the start,
+        and the gauges read at scrape time know where to look."""
+        cfg = self.config
+        listeners = [
+            name
+            for name, on in (
+                ("audiosocket", cfg.audiosocket.listen_addr is not None),
+                ("websocket", cfg.websocket.listen_addr is not None),
+                ("rtp", bool(cfg.rtp.ports)),
+            )
+            if on
+        ]
+        self.metrics.init_series(listeners, [(r.name, r.match.listener) for r in cfg.routes])
+        self.metrics.live_routes = lambda: [s.route for s in self.manager.live()]
+        self.metrics.rtp_ports = self._rtp_ports
+        self.metrics.ready = lambda: self.ready
+
+    def _rtp_ports(self) -> tuple[int, int]:
+        pool = getattr(self.rtp_opener, "pool", None)
+        if pool is None:
+            return 0, 0
+        return pool.in_use, pool.size
+
+    def _observe_first_audio(self, only: Stream | None = None) -> None:
+        """Setup time to the app's first audio, for streams that reached it since the
+        last look (the stream stamps the time on its per-frame path; this reads it
+        once a second, and at the stream's end)."""
+        seen = self._first_audio_seen
+        for stream in (only,) if only is not None else self.manager.live():
+            at = stream.first_audio_monotonic
+            if at is not None and stream.stream_id not in seen:
+                seen.add(stream.stream_id)
+                self.metrics.observe_setup("first_audio", at - stream.created_monotonic)
 
 
 #: Refusal reasons that say more about the peer than about the call (unknown paths,
@@ -647,6 +721,10 @@ async def _main(config: Config, config_path: str | None) -> int:
                     nursery.cancel_scope.cancel()
                     break
                 break
+    if daemon.lost:
+        # Every one was logged with its id by the event store; the status tells systemd
+        # (the unit shows as failed) and scripts that this stop lost data.
+        exit_code = EXIT_LOST
     return exit_code
 
 

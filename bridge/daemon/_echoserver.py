@@ -255,7 +255,7 @@ class EchoServer:
         # A mark is echoed once. The peer may echo our echo back (bridge does exactly
         # that for marks from the app): a name we sent is not sent again, or the two
         # would ping-pong forever.
-        ours: set[str] = set()
+        ours: set[str | int | float] = set()
         receive = ws.receive
         send_nowait = ws.send_nowait
         async with trio.open_nursery() as nursery:

@@ -3,7 +3,7 @@
 A :class:`StreamEvent` is one status callback: what happened to a stream (``StartStream``,
 ``StopStream``, ``DroppedStream``, ``DegradedStream``, ``RecoveredStream``), with an
 ``event_id`` that stays the same on every retry so receivers can de-duplicate. Its
-``body()`` is exactly the JSON the receiver gets (``contract/callback.schema.json``); the
+``body()`` is exactly the JSON the receiver gets (``docs/callback.schema.json``); the
 delivery fields (``callback_url``, ``callback_secret``) travel with the event to the outbox
 but never appear in the body.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import attrs
@@ -34,7 +34,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -51,6 +51,65 @@ PACING_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 TICKER_LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 #: Uplink buffer fill ratio (0..1); edges at the DegradedStream thresholds.
 FILL_BUCKETS = (0.01, 0.1, 0.3, 0.6, 0.9, 1.0)
+#: Stream setup: an app leg on loopback connects in ms; one across a region in 100s of ms;
+#: a voice agent's first words take a second or more.
+SETUP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+#: The stages of ``bridge_stream_setup_seconds``, each measured from the stream's start
+#: (its call leg accepted and routed): the app leg connected (the start message sent),
+#: and the app's first audio sent to the caller (so it includes the app's own answer time).
+SETUP_STAGES = ("app_connected", "first_audio")
+
+# Label values every labelled series is created with when the daemon starts (and on a
+# reload, for new routes), so that each exists at 0 before its first event: a rate() or
+# increase() over a series that appears mid-window misses its first increment, and a
+# dashboard panel says "no data" instead of 0. The values each call-leg listener can
+# produce today; a value not listed here still works, it is just created on first use.
+#: Why a TCP listener closed a connection at accept (transports' admission policy).
+ADMISSION_REFUSALS = ("too_many_pending_per_peer", "too_many_pending")
+LISTENERS = ("audiosocket", "websocket", "rtp")
+HANGUP_REASONS = (
+    "api_request",
+    "call_hangup",
+    "app_hangup",
+    "connection_error",
+    "slow_connection",
+    "stream_timeout",
+    "shutdown",
+)
+REFUSAL_REASONS: dict[str, tuple[str, ...]] = {
+    "audiosocket": ("max_streams", "draining", "no_route"),
+    "websocket": (
+        "max_streams",
+        "draining",
+        "no_route",
+        "bad_token",
+        "bad_signature",
+        "unknown_stream",
+    ),
+    "rtp": ("max_streams", "draining", "rtp_ports_exhausted", "rtp_bind_failed"),
+}
+BAD_INPUT_KINDS: dict[str, tuple[str, ...]] = {
+    "audiosocket": (
+        "protocol_error",
+        "message_too_big",
+        "first_frame_timeout",
+        "closed_before_uuid",
+    ),
+    "websocket": (
+        "protocol_error",
+        "message_too_big",
+        "bad_handshake",
+        "handshake_timeout",
+        "no_start",
+        "closed_before_start",
+        "bad_frame",
+        "invalid_utf8",
+        "bad_close",
+    ),
+    "rtp": ("malformed_rtp",),
+    "app": ("protocol_error", "message_too_big"),
+}
 
 
 class _ProcessCollector(ProcessCollector):
@@ -103,6 +162,15 @@ class Metrics:
     ticker_lag: Histogram = attrs.field(init=False)
     draining: Gauge = attrs.field(init=False)
     tasks: Gauge = attrs.field(init=False)
+    setup: Histogram = attrs.field(init=False)
+    #: Read at scrape time (set by the daemon): the route of every live stream, and the
+    #: RTP port pool's (in use, total).
+    live_routes: Callable[[], Iterable[str]] | None = attrs.field(init=False, default=None)
+    rtp_ports: Callable[[], tuple[int, int]] | None = attrs.field(init=False, default=None)
+    #: Whether ``/readyz`` answers 200 (``bridge_ready``).
+    ready: Callable[[], bool] | None = attrs.field(init=False, default=None)
+    _routes: set[str] = attrs.field(init=False, factory=set, repr=False)
+    _setup: dict[str, Histogram] = attrs.field(init=False, repr=False)
 
     _frames_up: Counter = attrs.field(init=False, repr=False)
     _frames_down: Counter = attrs.field(init=False, repr=False)
@@ -225,6 +293,16 @@ class Metrics:
             registry=r,
         )
         self.tasks.set_function(trio_task_count)
+        self.setup = Histogram(
+            "bridge_stream_setup_seconds",
+            "Stream setup latency from the call leg accepted, by stage: app_connected (the app"
+            " leg up, start sent), first_audio (the app's first audio sent to the caller).",
+            ("stage",),
+            buckets=SETUP_BUCKETS,
+            registry=r,
+        )
+        self._setup = {stage: self.setup.labels(stage) for stage in SETUP_STAGES}
+        r.register(_DaemonViewCollector(self))
 
         # Pre-bound children: labels() is the expensive part of an increment.
         self._frames_up = self.frames.labels("call_to_app")
@@ -255,6 +333,36 @@ class Metrics:
     def stream_refused(self, listener: str, reason: str) -> None:
         self.streams_refused.labels(listener, reason).inc()
 
+    def observe_setup(self, stage: str, seconds: float) -> None:
+        """One stream reached ``stage`` (``SETUP_STAGES``) ``seconds`` after it started."""
+        self._setup[stage].observe(max(0.0, seconds))
+
+    def init_series(self, listeners: Iterable[str], routes: Iterable[tuple[str, str]]) -> None:
+        """Create every labelled series that the enabled ``listeners`` and the ``routes``
+        (``(name, listener)``) can produce, at 0. Idempotent; a reload calls it again for
+        new routes (the series of removed routes stay, as counters should)."""
+        enabled = [x for x in listeners if x in LISTENERS]
+        for listener in enabled:
+            for reason in REFUSAL_REASONS[listener]:
+                self.streams_refused.labels(listener, reason)
+            for kind in BAD_INPUT_KINDS[listener]:
+                self.bad_input.labels(listener, kind)
+        for kind in BAD_INPUT_KINDS["app"]:
+            self.bad_input.labels("app", kind)
+        for listener in enabled:
+            if listener != "rtp":  # the TCP listeners admit connections
+                for refusal in ADMISSION_REFUSALS:
+                    self.admission_refused.labels(listener, refusal)
+        for name, listener in routes:
+            self._routes.add(name)
+            self.streams_started.labels(listener, name)
+            for reason in HANGUP_REASONS:
+                self.streams_ended.labels(name, reason)
+            self.app_reconnects.labels(name)
+            self.app_connect_failures.labels(name)
+            if listener == "websocket":  # routes with their own credentials
+                self.auth_failures.labels(listener, name)
+
     def set_draining(self, draining: bool) -> None:
         self.draining.set(1 if draining else 0)
 
@@ -268,6 +376,51 @@ class Metrics:
         """
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+
+class _DaemonViewCollector(Collector):
+    """Gauges read from the daemon's own state at scrape time (nothing to keep in step):
+    readiness, live streams by route, and the RTP port pool."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        # Names only (auto_describe would otherwise call collect() at registration).
+        yield GaugeMetricFamily("bridge_ready", "")
+        yield GaugeMetricFamily("bridge_streams_live", "", labels=["route"])
+        yield GaugeMetricFamily("bridge_rtp_ports_in_use", "")
+        yield GaugeMetricFamily("bridge_rtp_ports_total", "")
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        m = self._metrics
+        yield GaugeMetricFamily(
+            "bridge_ready",
+            "1 while /readyz answers 200; 0 while starting, draining or unable to persist"
+            " events (bridge_draining, bridge_outbox_healthy say which).",
+            value=1.0 if m.ready is not None and m.ready() else 0.0,
+        )
+        live = GaugeMetricFamily(
+            "bridge_streams_live",
+            "Streams live now, by route (every configured route, 0 included).",
+            labels=["route"],
+        )
+        counts = dict.fromkeys(sorted(m._routes), 0)
+        if m.live_routes is not None:
+            for route in m.live_routes():
+                counts[route] = counts.get(route, 0) + 1
+        for route, n in counts.items():
+            live.add_metric([route], float(n))
+        yield live
+        in_use, total = m.rtp_ports() if m.rtp_ports is not None else (0, 0)
+        yield GaugeMetricFamily(
+            "bridge_rtp_ports_in_use", "RTP ports of the pool bound to a stream now.", value=in_use
+        )
+        yield GaugeMetricFamily(
+            "bridge_rtp_ports_total",
+            "RTP ports the pool can hand out ([rtp] ports, even ports only; 0 when RTP is off).",
+            value=total,
+        )
 
 
 class _LatenessCollector(Collector):

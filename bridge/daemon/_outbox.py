@@ -45,10 +45,31 @@ request per backoff period instead of one per waiting stream, a hanging receiver
 one worker (after its first timeouts) instead of all of them, and recovery does not wait for each stream's own
 backoff to run out.
 
+**Write failures: nothing is lost quietly.** A failed transaction (disk full, I/O error,
+a damaged page) keeps its batch in memory, in order, and is tried again every second;
+events and records emitted meanwhile are held too, up to ``max_held`` (10,000) items.
+While writes fail, or while one write has run for more than 5 s, ``healthy`` is False
+(``bridge_outbox_healthy`` 0, and the daemon's ``/readyz`` answers 503): the first
+failure logs one ERROR line, then a summary once a minute, and the first success one
+WARNING line; the store recovers by itself. Past ``max_held``, a new event or record is
+lost: counted in ``bridge_events_lost_total`` / ``bridge_stream_records_lost_total``
+and logged on an ERROR line with its ``event_id`` (or ``stream_id``). Whatever is still
+unwritten at close is lost the same way (cause ``shutdown``), one line per item, then a
+line with the totals (``events_lost``, ``records_lost``: the daemon exits non-zero).
+Events are not delivered before they are written, so held ones wait for the disk.
+
 **Close.** Stop accepting; give POSTs already in flight up to one second to finish and
 cancel the rest (they stay ``pending`` and go out on the next open); commit everything
-still queued; close the database. The whole close is bounded by ``close_timeout_s`` and
-runs shielded, so a cancelled daemon still commits its final ``StopStream`` events.
+still queued (a failing writer gets three more tries, half a second apart); close the
+database. The whole close is bounded by ``close_timeout_s`` and runs shielded, so a
+cancelled daemon still commits its final ``StopStream`` events.
+
+**A corrupt file** (SQLite reports "file is not a database" or "database disk image is
+malformed" while opening it) is moved aside to ``<path>.corrupt-<UTC timestamp>`` (with
+its ``-wal``/``-shm``) and a fresh database is started, with one ERROR line that says
+where it went and how many undelivered events and records it held (when that could be
+read): a bad file must not keep the service in a restart loop. Corruption found later,
+by a write, is a write failure like any other (above); the next start moves the file.
 
 One file per process: the store takes an exclusive ``flock`` on ``<path>.lock`` so two
 processes can never deliver the same outbox twice.
@@ -72,7 +93,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import IO, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import attrs
 import httpx
@@ -90,6 +111,8 @@ logger = logging.getLogger("bridge.events")
 
 T = TypeVar("T")
 EventStatus = Literal["pending", "delivered", "failed", "skipped"]
+_LostCause = Literal["held_full", "shutdown"]
+_LOST_CAUSES: tuple[_LostCause, ...] = ("held_full", "shutdown")
 
 SCHEMA_VERSION = 1
 USER_AGENT = f"bridge/{__version__}"
@@ -113,6 +136,24 @@ _MAX_ROWS_IN_MEMORY = 10_000
 # After a failed write (disk full, I/O error) the writer waits this long and tries again
 # with the same batch.
 _WRITE_RETRY_S = 1.0
+# Events and records waiting in memory for their write (normally a few, for one
+# transaction; thousands only while writes fail). Past this, new ones are lost: counted,
+# and logged with their ids. ~1-5 KB each, so the worst case is tens of MB.
+_MAX_HELD = 10_000
+# While writes keep failing: one ERROR line at the transition, then a summary this often.
+_SUMMARY_INTERVAL_S = 60.0
+# A single write still running after this long (a hung disk, an NFS stall) also makes
+# the store unhealthy: nothing is being persisted.
+_WRITE_STALL_S = 5.0
+# At close, a failing writer tries this many more times, this far apart, before it
+# gives up on what it holds (the close itself is bounded by close_timeout_s).
+_FINAL_WRITE_ATTEMPTS = 3
+_FINAL_WRITE_RETRY_S = 0.5
+# SQLite's primary result codes for a damaged file (sqlite3.h: SQLITE_CORRUPT,
+# SQLITE_NOTADB). Any other error (full, read-only, locked, cannot open) is not
+# corruption and is never a reason to move a file aside.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -236,45 +277,123 @@ class _Origin:
 # --------------------------------------------------------------------------- sqlite (runs in a thread)
 
 
-def _open_db(path: str) -> tuple[sqlite3.Connection, IO[bytes] | None]:
+def _create_private(path: str) -> None:
+    # The file holds callback secrets: create it private before SQLite does (SQLite
+    # gives the -wal/-shm files the same mode).
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code is not None and (
+        code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    )
+
+
+def _connect(path: str) -> tuple[sqlite3.Connection, list[tuple[int, str, float]]]:
+    """Open ``path``, bring its schema up and read its undelivered events."""
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        row = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if row is not None:
+            found = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+            if found is not None and found > SCHEMA_VERSION:
+                raise OutboxError(
+                    f"{path}: schema version {found} is newer than this bridge ({SCHEMA_VERSION})"
+                )
+        conn.executescript(_SCHEMA)
+        if conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        pending = _load_pending(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, pending
+
+
+@attrs.frozen(slots=True)
+class _MovedAside:
+    """A corrupt database that was renamed so the store could start on a fresh one."""
+
+    path: str
+    error: str
+    pending: int | None  # undelivered events it held, when that could still be read
+    records: int | None
+
+
+def _count_readable(path: str) -> tuple[int | None, int | None]:
+    """Best effort: how many pending events and stream records a damaged file holds."""
+    pending = records = None
+    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error:
+        return None, None
+    try:
+        with contextlib.suppress(sqlite3.Error):
+            pending = conn.execute(
+                "SELECT COUNT(*) FROM events WHERE status = 'pending'"
+            ).fetchone()[0]
+        with contextlib.suppress(sqlite3.Error):
+            records = conn.execute("SELECT COUNT(*) FROM streams").fetchone()[0]
+    finally:
+        conn.close()
+    return pending, records
+
+
+def _move_aside(path: str, exc: BaseException) -> _MovedAside:
+    pending, records = _count_readable(path)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    dest = f"{path}.corrupt-{stamp}"
+    n = 1
+    while os.path.exists(dest):
+        n += 1
+        dest = f"{path}.corrupt-{stamp}-{n}"
+    os.rename(path, dest)
+    # Its WAL and shared-memory files go with it under the names SQLite expects, so the
+    # moved file opens with every commit it had.
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path + suffix, dest + suffix)
+    return _MovedAside(dest, _describe(exc), pending, records)
+
+
+def _open_db(
+    path: str,
+) -> tuple[sqlite3.Connection, IO[bytes] | None, list[tuple[int, str, float]], _MovedAside | None]:
+    """Lock and open ``path``. A file SQLite reports as damaged (not a database, or a
+    malformed image) is moved aside and a fresh one started: a corrupt file must not
+    keep the service from starting (systemd would restart it in a loop)."""
     lock: IO[bytes] | None = None
     if path != ":memory:":
-        # The file holds callback secrets: create it private before SQLite does
-        # (SQLite gives the -wal/-shm files the same mode).
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        _create_private(path)
         lock = open(path + ".lock", "ab")  # noqa: SIM115 - held for the store's lifetime
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
             raise OutboxError(f"{path}: in use by another bridge process") from None
+    moved: _MovedAside | None = None
     try:
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
-            conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            row = conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-            ).fetchone()
-            if row is not None:
-                found = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
-                if found is not None and found > SCHEMA_VERSION:
-                    raise OutboxError(
-                        f"{path}: schema version {found} is newer than this bridge ({SCHEMA_VERSION})"
-                    )
-            conn.executescript(_SCHEMA)
-            if conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        except BaseException:
-            conn.close()
-            raise
+            conn, pending = _connect(path)
+        except sqlite3.DatabaseError as exc:
+            if path == ":memory:" or not _is_corrupt(exc):
+                raise
+            moved = _move_aside(path, exc)
+            _create_private(path)
+            conn, pending = _connect(path)
     except BaseException:
         if lock is not None:
             lock.close()
         raise
-    return conn, lock
+    return conn, lock, pending, moved
 
 
 def _close_db(conn: sqlite3.Connection, lock: IO[bytes] | None) -> None:
@@ -550,9 +669,12 @@ class EventStore:
         concurrency: int,
         retention_s: float,
         prune_interval_s: float,
+        max_held: int = _MAX_HELD,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if max_held < 1:
+            raise ValueError("max_held must be at least 1")
         self.path = path
         self._client = client
         self._timeout = callback_timeout_s
@@ -576,6 +698,23 @@ class EventStore:
         self._committed_total = 0
         self._committed = trio.Event()  # replaced after every commit
         self._queued_pending = 0  # events with a callback URL, queued, not committed
+        self._max_held = max_held
+        self._held = 0  # events and records queued, not committed
+        self._writer_stopping = trio.Event()
+
+        # Write health (see ``healthy``). Monotonic times: read from the admin server too.
+        self._write_error: str | None = None
+        self._write_started: float | None = None
+        self._unhealthy_since = 0.0
+        self._failed_writes = 0
+        self._next_summary = 0.0
+        self._final_failures = 0
+        #: What could not be kept: counted, each logged with its id (the daemon's exit
+        #: status says so too).
+        self.events_lost = 0
+        self.records_lost = 0
+        #: Where a corrupt database found at open was moved (None if it was not).
+        self.moved_aside: str | None = None
 
         # Delivery side.
         self._streams: dict[str, deque[_Pending]] = {}  # keys == streams scheduled somewhere
@@ -624,7 +763,34 @@ class EventStore:
         self._m_failed = {c: failed.labels(cause=c) for c in ("permanent", "expired")}
         self._m_records = self._counter("bridge_stream_records_total", "Stream records stored")
         self._m_write_errors = self._counter(
-            "bridge_outbox_write_errors_total", "Failed outbox transactions (retried)"
+            "bridge_outbox_write_errors_total",
+            "Failed outbox transactions (disk full, I/O error); what they held is kept in"
+            " memory and written again",
+        )
+        lost_events = self._counter(
+            "bridge_events_lost_total",
+            "Events that could not be persisted and were discarded (each logged with its"
+            " event_id): held_full = the in-memory hold was full, shutdown = still unwritten"
+            " when the process stopped",
+            ["cause"],
+        )
+        lost_records = self._counter(
+            "bridge_stream_records_lost_total",
+            "Stream records that could not be persisted and were discarded (each logged"
+            " with its stream_id)",
+            ["cause"],
+        )
+        self._m_lost_events = {c: lost_events.labels(cause=c) for c in _LOST_CAUSES}
+        self._m_lost_records = {c: lost_records.labels(cause=c) for c in _LOST_CAUSES}
+        self._gauge(
+            "bridge_outbox_healthy",
+            "1 while outbox writes succeed; 0 while they fail or one hangs (readyz is 503)",
+            lambda: 1.0 if self.healthy else 0.0,
+        )
+        self._gauge(
+            "bridge_outbox_held_items",
+            "Events and stream records waiting in memory for their write",
+            lambda: self._held,
         )
         self._gauge(
             "bridge_events_pending",
@@ -677,6 +843,29 @@ class EventStore:
     # -- public, synchronous (media path) ------------------------------------------------
 
     @property
+    def healthy(self) -> bool:
+        """False while outbox writes fail, or while one has run for more than 5 s: what
+        is emitted then is held in memory (up to ``max_held`` items), not persisted."""
+        return self.problem is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the store is not healthy (None when it is)."""
+        if self._write_error is not None:
+            return self._write_error
+        started = self._write_started
+        if started is not None:
+            running = time.monotonic() - started
+            if running > _WRITE_STALL_S:
+                return f"a write has been running for {running:.0f}s"
+        return None
+
+    @property
+    def held_count(self) -> int:
+        """Events and records emitted and not yet written."""
+        return self._held
+
+    @property
     def pending_count(self) -> int:
         """Events emitted (or loaded at open) that are neither delivered nor failed yet."""
         return self._queued_pending + self._outstanding
@@ -688,20 +877,53 @@ class EventStore:
         """
         if not self._accepting:
             raise OutboxError("event store is closed")
+        self._m_emitted[event.event].inc()
+        if self._held >= self._max_held:
+            self._lose(event, "held_full")
+            return
+        self._held += 1
         self._queue.append(event)
         self._enqueued_total += 1
         if event.callback_url:
             self._queued_pending += 1
-        self._m_emitted[event.event].inc()
         self._writer_wake.set()
 
     def record_stream(self, record: StreamRecord) -> None:
         """Queue an ended stream's record. Never blocks, never awaits: O(1)."""
         if not self._accepting:
             raise OutboxError("event store is closed")
+        if self._held >= self._max_held:
+            self._lose(record, "held_full")
+            return
+        self._held += 1
         self._queue.append(record)
         self._enqueued_total += 1
         self._writer_wake.set()
+
+    def _lose(self, item: StreamEvent | StreamRecord, cause: _LostCause) -> None:
+        if cause == "held_full":
+            why = f"the outbox cannot write and already holds {self._max_held} items in memory"
+        else:
+            why = "not written to the outbox before the process stopped"
+        if isinstance(item, StreamEvent):
+            self.events_lost += 1
+            self._m_lost_events[cause].inc()
+            logger.error(
+                "event lost: %s",
+                why,
+                extra={
+                    "event_id": item.event_id,
+                    "stream_id": item.stream_id,
+                    "event": item.event,
+                    "cause": cause,
+                },
+            )
+        else:
+            self.records_lost += 1
+            self._m_lost_records[cause].inc()
+            logger.error(
+                "stream record lost: %s", why, extra={"stream_id": item.stream_id, "cause": cause}
+            )
 
     # -- public, async (API and tests) -------------------------------------------------
 
@@ -776,14 +998,35 @@ class EventStore:
 
     async def _open(self) -> None:
         try:
-            self._conn, self._lock_file = await trio.to_thread.run_sync(
+            self._conn, self._lock_file, pending, moved = await trio.to_thread.run_sync(
                 _open_db, self.path, limiter=self._db_limiter
             )
         except sqlite3.Error as exc:
             raise OutboxError(f"{self.path}: cannot open: {_describe(exc)}") from exc
         except OSError as exc:
             raise OutboxError(f"{self.path}: cannot open: {_describe(exc)}") from exc
-        pending = await self._db(_load_pending)
+        if moved is not None:
+            self.moved_aside = moved.path
+
+            def _n(value: int | None) -> str:
+                return "an unknown number of" if value is None else str(value)
+
+            logger.error(
+                "records database %s is corrupt (%s): moved it to %s and started a fresh one;"
+                " lost with it: %s undelivered events (their callbacks will not be sent) and"
+                " %s stream records (the moved file is kept for inspection)",
+                self.path,
+                moved.error,
+                moved.path,
+                _n(moved.pending),
+                _n(moved.records),
+                extra={
+                    "records_path": self.path,
+                    "moved_to": moved.path,
+                    "events_lost": moved.pending,
+                    "records_lost": moved.records,
+                },
+            )
         for seq, stream_id, created_at in pending:
             self._enqueue(seq, stream_id, created_at)
         if pending:
@@ -804,37 +1047,131 @@ class EventStore:
     ) -> None:
         task_status.started()
         try:
-            while True:
-                if not self._queue:
-                    if self._writer_stop:
-                        return
-                    await self._writer_wake.wait()
-                    self._writer_wake = trio.Event()
-                    continue
-                batch, self._queue = self._queue, []
-                try:
-                    results = await self._db(
-                        functools.partial(_write_batch, items=batch, now=time.time())
-                    )
-                except OutboxError as exc:
-                    # Keep the batch (in front, to keep the order) and try again: a full
-                    # disk may clear, and nothing is delivered that is not written.
-                    self._queue[:0] = batch
-                    self._m_write_errors.inc()
-                    logger.error("outbox write failed, retrying in %gs: %s", _WRITE_RETRY_S, exc)
-                    await trio.sleep(_WRITE_RETRY_S)
-                    continue
-                except BaseException:
-                    # Cancelled before the thread started: nothing was written.
-                    self._queue[:0] = batch
-                    raise
-                self._after_commit(batch, results)
+            await self._write_loop()
         finally:
             self._writer_done.set()
+
+    async def _write_loop(self) -> None:
+        """Write what is queued, batch by batch, until stopped (``_writer_stop``) with an
+        empty queue or after the final attempts of a failing writer."""
+        while True:
+            if not self._queue:
+                if self._writer_stop:
+                    return
+                await self._writer_wake.wait()
+                self._writer_wake = trio.Event()
+                continue
+            batch, self._queue = self._queue, []
+            self._write_started = time.monotonic()
+            try:
+                results = await self._db(
+                    functools.partial(_write_batch, items=batch, now=time.time())
+                )
+            except OutboxError as exc:
+                # Keep the batch (in front, to keep the order) and try again: a full
+                # disk may clear, and nothing is delivered that is not written.
+                self._queue[:0] = batch
+                self._write_failed(exc)
+                if self._writer_stop:
+                    self._final_failures += 1
+                    if self._final_failures >= _FINAL_WRITE_ATTEMPTS:
+                        return  # the close accounts for what is left (_account_unwritten)
+                    await trio.sleep(_FINAL_WRITE_RETRY_S)
+                else:
+                    # A close wakes it early for its final attempts.
+                    with trio.move_on_after(_WRITE_RETRY_S):
+                        await self._writer_stopping.wait()
+                continue
+            except BaseException:
+                # Cancelled before the thread started: nothing was written.
+                self._queue[:0] = batch
+                raise
+            finally:
+                self._write_started = None
+            self._write_succeeded()
+            self._after_commit(batch, results)
+
+    def _write_failed(self, exc: OutboxError) -> None:
+        """One ERROR line when writes start failing, then one summary a minute (not one
+        per retry)."""
+        self._m_write_errors.inc()
+        now = time.monotonic()
+        error = str(exc)
+        if self._write_error is None:
+            self._unhealthy_since = now
+            self._failed_writes = 0
+            self._next_summary = now + _SUMMARY_INTERVAL_S
+            logger.error(
+                "outbox writes failing: holding events and records in memory (%d now, at"
+                " most %d) and retrying every %gs; /readyz answers 503 until a write"
+                " succeeds: %s",
+                self._held,
+                self._max_held,
+                _WRITE_RETRY_S,
+                error,
+                extra={"records_path": self.path},
+            )
+        elif now >= self._next_summary:
+            self._next_summary = now + _SUMMARY_INTERVAL_S
+            logger.error(
+                "outbox writes still failing after %.0fs: %d failed attempts, %d items held"
+                " in memory, %d events and %d records lost so far: %s",
+                now - self._unhealthy_since,
+                self._failed_writes + 1,
+                self._held,
+                self.events_lost,
+                self.records_lost,
+                error,
+                extra={"records_path": self.path},
+            )
+        self._write_error = error
+        self._failed_writes += 1
+
+    def _write_succeeded(self) -> None:
+        if self._write_error is None:
+            return
+        logger.warning(
+            "outbox writes succeed again after %.1fs and %d failed attempts; the %d held"
+            " items are written",
+            time.monotonic() - self._unhealthy_since,
+            self._failed_writes,
+            self._held,
+            extra={"records_path": self.path},
+        )
+        self._write_error = None
+        self._final_failures = 0
+
+    def _account_unwritten(self) -> None:
+        """At close: what is still queued was never written. Each event and record is
+        lost (counted, logged with its id); a delivery result only means its event is
+        sent again on the next start."""
+        results = 0
+        for item in self._queue:
+            if isinstance(item, StreamEvent | StreamRecord):
+                self._lose(item, "shutdown")
+            elif item.final:
+                results += 1
+        self._queue.clear()
+        self._held = 0
+        if results:
+            logger.warning(
+                "%d delivery results not written: those events stay pending in the outbox"
+                " and are sent again on the next start",
+                results,
+            )
+        if self.events_lost or self.records_lost:
+            logger.error(
+                "event store closed: %d events and %d stream records were lost in this run"
+                " (each logged above with its id)",
+                self.events_lost,
+                self.records_lost,
+                extra={"events_lost": self.events_lost, "records_lost": self.records_lost},
+            )
 
     def _after_commit(self, batch: list[_Item], results: list[_WriteResult]) -> None:
         for item, result in zip(batch, results, strict=True):
             if isinstance(item, StreamEvent):
+                self._held -= 1
                 if item.callback_url:
                     self._queued_pending -= 1
                 if isinstance(result, tuple):
@@ -857,6 +1194,7 @@ class EventStore:
                         extra={"stream_id": item.stream_id, "event_id": item.event_id},
                     )
             elif isinstance(item, StreamRecord):
+                self._held -= 1
                 if result is None:
                     self._m_records.inc()
                 else:
@@ -1142,10 +1480,12 @@ class EventStore:
         if outcome.retry_after is not None:
             head.not_before = trio.current_time() + min(outcome.retry_after, self._max_backoff)
         logger.debug("callback attempt failed, will retry: %s", outcome.error, extra=extra)
-        # Persist the attempt count and error so list_events shows why it is stuck.
-        self._queue.append(_Result(row.seq, False, "pending", head.attempts, outcome.error))
-        self._enqueued_total += 1
-        self._writer_wake.set()
+        if self._write_error is None:
+            # Persist the attempt count and error so list_events shows why it is stuck
+            # (progress only: while writes fail it is not worth holding in memory).
+            self._queue.append(_Result(row.seq, False, "pending", head.attempts, outcome.error))
+            self._enqueued_total += 1
+            self._writer_wake.set()
         if outcome.origin_down:
             # Back of the origin's line; a probe or the origin's recovery releases it.
             self._origins[key].parked.append(stream_id)
@@ -1250,8 +1590,14 @@ class EventStore:
         await self._delivery_done.wait()
         # Commit what is still queued (events, records, delivery results).
         self._writer_stop = True
+        self._writer_stopping.set()
         self._writer_wake.set()
         await self._writer_done.wait()
+        if self._queue:
+            # The writer task was cancelled with the rest of a cancelled daemon (a second
+            # SIGTERM), and the streams' closing steps queued their final StopStream
+            # events and records after that: write them here, in the shielded close.
+            await self._write_loop()
 
 
 @contextlib.asynccontextmanager
@@ -1268,6 +1614,7 @@ async def open_event_store(
     http_client: httpx.AsyncClient | None = None,
     prune_interval_s: float = 3600.0,
     close_timeout_s: float = 5.0,
+    max_held: int = _MAX_HELD,
 ) -> AsyncIterator[EventStore]:
     """Open the outbox at ``path`` (``":memory:"`` for a throwaway one) and run it.
 
@@ -1292,6 +1639,7 @@ async def open_event_store(
             concurrency=concurrency,
             retention_s=retention_s,
             prune_interval_s=prune_interval_s,
+            max_held=max_held,
         )
     except BaseException:
         if http_client is None:
@@ -1324,6 +1672,7 @@ async def open_event_store(
                 nursery.cancel_scope.cancel()
     finally:
         store._accepting = False
+        store._account_unwritten()
         with trio.CancelScope(shield=True):
             try:
                 await store._close_db()

@@ -23,6 +23,7 @@ from ._events import (
     Stats,
     StatsRequest,
     Stop,
+    mark_text,
 )
 from ._plivo import PlivoApp, PlivoPlatform
 from ._rtp import RtpApp, RtpPlatform, RtpSession
@@ -69,4 +70,5 @@ __all__ = [
     "audio_kind",
     "decode_control",
     "encode_control",
+    "mark_text",
 ]

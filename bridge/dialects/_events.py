@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import msgspec
 
-from ..media import Frame
+from ..media import Frame, MarkName
 
 __all__ = [
     "Audio",
@@ -35,11 +36,13 @@ __all__ = [
     "Event",
     "Hangup",
     "Mark",
+    "MarkName",
     "Message",
     "Start",
     "Stats",
     "StatsRequest",
     "Stop",
+    "mark_text",
 ]
 
 Message = bytes | str
@@ -106,9 +109,25 @@ class Mark:
     App → platform: "tell me when everything before this has been played".
     Platform → app: the echo — it was played, or cleared (carrier semantics differ;
     PROTOCOLS.md "Design implications" 2).
+
+    ``name`` is what the app chose: a JSON string or number, echoed back as the same
+    JSON value. Wires whose names are strings (the carriers') carry :func:`mark_text`.
     """
 
-    name: str
+    name: MarkName
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def mark_text(name: MarkName) -> str:
+    """A mark name as a string: itself, or a number's JSON text (5 -> "5", 2.5 -> "2.5").
+
+    What goes to a carrier whose mark names are strings; the stream matches the carrier's
+    echo back to the name the app sent by this text."""
+    if isinstance(name, str):
+        return name
+    return _encode_json(name).decode()
 
 
 @attrs.frozen(slots=True)

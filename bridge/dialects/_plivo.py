@@ -88,6 +88,7 @@ from ._events import (
     Stats,
     StatsRequest,
     Stop,
+    mark_text,
 )
 
 __all__ = ["CONTENT_TYPES", "PlivoApp", "PlivoPlatform"]
@@ -260,7 +261,9 @@ class _PlayAudio(_Msg, tag="playAudio", frozen=True):
 
 
 class _Checkpoint(_Msg, tag="checkpoint", frozen=True):
-    name: str
+    # An app may name its checkpoints with numbers too; they are echoed as sent (toward
+    # Plivo a number goes as its JSON text, ``mark_text``).
+    name: str | int | float
     streamId: str | None = None
 
 
@@ -416,7 +419,8 @@ class PlivoApp:
             rate = tx.sample_rate if tx is not None else event.frame.sample_rate
             return [self.send_audio(_check_rate(event.frame, rate))]
         if isinstance(event, Mark):
-            return [dumps({"event": "checkpoint", "streamId": self._sid(), "name": event.name})]
+            name = mark_text(event.name)
+            return [dumps({"event": "checkpoint", "streamId": self._sid(), "name": name})]
         if isinstance(event, Clear):
             return [dumps({"event": "clearAudio", "streamId": self._sid()})]
         if isinstance(event, Dtmf):

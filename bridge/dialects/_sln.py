@@ -103,7 +103,9 @@ class _StartMsg(_Msg, frozen=True, tag="start"):
 
 
 class _MarkMsg(_Msg, frozen=True, tag="mark"):  # both directions: the request and its echo
-    name: str
+    # Any JSON string or number, echoed as the same value (null, booleans, arrays and
+    # objects are a protocol error, as any wrongly typed field is).
+    name: str | int | float
 
 
 class _ClearedMsg(_Msg, frozen=True, tag="cleared"):

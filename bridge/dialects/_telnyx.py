@@ -106,6 +106,7 @@ from ._events import (
     Stats,
     StatsRequest,
     Stop,
+    mark_text,
 )
 
 __all__ = ["RESYNC_GAP", "TelnyxApp", "TelnyxError", "TelnyxPlatform"]
@@ -218,7 +219,9 @@ class _Dtmf(_Msg, tag="dtmf", frozen=True):
 
 
 class _Name(_Body, frozen=True):
-    name: str
+    # An app may name its marks with numbers too; they are echoed as sent (toward Telnyx
+    # a number goes as its JSON text, ``mark_text``).
+    name: str | int | float
 
 
 class _Mark(_Msg, tag="mark", frozen=True):
@@ -571,7 +574,7 @@ class TelnyxApp:
             rate = tx.sample_rate if tx is not None else event.frame.sample_rate
             return [self.send_audio(_check_rate(event.frame, rate))]
         if isinstance(event, Mark):
-            return [dumps({"event": "mark", "mark": {"name": event.name}})]
+            return [dumps({"event": "mark", "mark": {"name": mark_text(event.name)}})]
         if isinstance(event, Clear):
             return ['{"event":"clear"}']
         if isinstance(event, Hangup | Stop | Dtmf | StatsRequest):

@@ -89,6 +89,7 @@ from ._events import (
     Stats,
     StatsRequest,
     Stop,
+    mark_text,
 )
 
 __all__ = ["TwilioApp", "TwilioPlatform"]
@@ -224,7 +225,9 @@ class _AppMedia(_StrictMsg, tag="media", frozen=True):
 
 
 class _AppName(_StrictBody, frozen=True):
-    name: str
+    # An app may name its marks with numbers too; they are echoed as sent (Twilio's own
+    # names are strings: toward Twilio a number goes as its JSON text, ``mark_text``).
+    name: str | int | float
 
 
 class _AppMark(_StrictMsg, tag="mark", frozen=True):
@@ -364,7 +367,13 @@ class TwilioApp:
             return [self.send_audio(_check_rate(event.frame, _RATE))]
         if isinstance(event, Mark):
             return [
-                dumps({"event": "mark", "streamSid": self._sid(), "mark": {"name": event.name}})
+                dumps(
+                    {
+                        "event": "mark",
+                        "streamSid": self._sid(),
+                        "mark": {"name": mark_text(event.name)},
+                    }
+                )
             ]
         if isinstance(event, Clear):
             return [dumps({"event": "clear", "streamSid": self._sid()})]

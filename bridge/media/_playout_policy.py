@@ -59,7 +59,7 @@ import math
 import attrs
 
 from ._pacing import LatenessHistogram, PacingClock
-from ._playout import PlayoutBuffer, splice
+from ._playout import MarkName, PlayoutBuffer, splice
 
 __all__ = ["PlayoutPolicy"]
 
@@ -288,10 +288,10 @@ class PlayoutPolicy:
             return 1
         return 0
 
-    def mark(self, name: str) -> None:
+    def mark(self, name: MarkName) -> None:
         self.buffer.mark(name)
 
-    def clear(self) -> list[str]:
+    def clear(self) -> list[MarkName]:
         """Drop all queued app audio; return every pending mark, in order."""
         pending = self.buffer.clear()
         self._shorten_bytes = 0
@@ -341,7 +341,7 @@ class PlayoutPolicy:
             self._last_sent_s = now_s
         return n
 
-    def pop_frame(self, now_s: float) -> tuple[bytes | None, list[str]]:
+    def pop_frame(self, now_s: float) -> tuple[bytes | None, list[MarkName]]:
         """The next frame to send (None: nothing queued, send filler) and the marks it
         releases. Call it exactly as many times as ``on_tick``/``on_audio`` said."""
         pcm, marks = self.buffer.pop()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -51,8 +52,16 @@ from ..dialects import (
     Stats,
     StatsRequest,
     Stop,
+    mark_text,
 )
-from ..media import LatenessHistogram, PacingClock, PlayoutPolicy, Resampler, frame_bytes
+from ..media import (
+    LatenessHistogram,
+    MarkName,
+    PacingClock,
+    PlayoutPolicy,
+    Resampler,
+    frame_bytes,
+)
 from ._legs import AppConnection, AppConnector, CallLeg
 from ._ticker import Ticker, TickHandle
 from ._uplink import UplinkBuffer
@@ -181,6 +190,11 @@ class Stream:
     bytes_in: int = 0
     bytes_out: int = 0
     app_frames_received: int = 0
+    #: ``time.monotonic()`` when the stream was made (its call leg accepted and routed)
+    #: and when the app's first audio went out to the caller: the daemon's setup-latency
+    #: histogram (``bridge_stream_setup_seconds``) reads them.
+    created_monotonic: float = attrs.field(factory=time.monotonic)
+    first_audio_monotonic: float | None = None
 
     # -- internals ---------------------------------------------------------------------
     _cancel: trio.CancelScope | None = None
@@ -204,7 +218,7 @@ class Stream:
     _t0: float = 0.0
     _call_stopped: bool = False
     #: Marks forwarded to a carrier that has not echoed them yet.
-    _carrier_marks: list[str] = attrs.field(factory=list)
+    _carrier_marks: list[MarkName] = attrs.field(factory=list)
     _awaiting_call: bool = False
     _call_resumed: trio.Event = attrs.field(factory=trio.Event)
     call_resumes: int = 0
@@ -524,12 +538,9 @@ class Stream:
             self._to_app(event)
         elif type(event) is Mark:
             # A carrier's echo of a mark we forwarded: now it really was played (or
-            # cleared) on the far side, so the app learns it.
-            try:
-                self._carrier_marks.remove(event.name)
-            except ValueError:
-                pass
-            self._app_event(event)
+            # cleared) on the far side, so the app learns it, under the name it chose:
+            # a carrier's names are strings, so a number went out as its JSON text.
+            self._app_event(Mark(self._carrier_mark_echoed(event.name)))
         elif type(event) is Cleared:
             # Plivo's clearedAudio: its cleared checkpoints are never answered
             # (PROTOCOLS.md "Design implications" 3), so bridge answers them itself. The
@@ -542,6 +553,16 @@ class Stream:
             self.end("call_hangup")
         else:
             self._log_once(f"call:{type(event).__name__}", "ignored call-leg event %s", event)
+
+    def _carrier_mark_echoed(self, echoed: MarkName) -> MarkName:
+        """The pending forwarded mark a carrier's echo answers (the first with the same
+        text), taken off the list; the echo itself if none matches."""
+        text = mark_text(echoed)
+        marks = self._carrier_marks
+        for i, name in enumerate(marks):
+            if mark_text(name) == text:
+                return marks.pop(i)
+        return echoed
 
     # ==================================================================================
     # call -> app (uplink)
@@ -693,7 +714,10 @@ class Stream:
         call = self.call
         policy = self._policy
         pcm, marks = policy.pop_frame(now_s)
-        if pcm is None:
+        if pcm is not None:
+            if self.first_audio_monotonic is None:
+                self.first_audio_monotonic = time.monotonic()
+        else:
             if self._app is None and self._hold:
                 hold, pos = self._hold, self._hold_pos
                 fb = len(self._silence)

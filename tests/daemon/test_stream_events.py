@@ -21,7 +21,7 @@ from .callback_receiver import open_callback_receiver
 from .conftest import make_config
 from .test_app_leg import AppServer, free_port, wait_until
 
-SCHEMA = json.loads((Path(__file__).parent / "callback.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "callback.schema.json").read_text())
 
 
 def frame(n: int) -> bytes:
