@@ -216,6 +216,7 @@ class Stream:
     _up_rate: int = 0
     _down_rs: Resampler | None = None
     _down_rate: int = 0
+    _odd_rate_rs: Resampler | None = None  # app audio not at the route's rate
     _silence: bytes = b""
     _hold: bytes = b""
     _hold_pos: int = 0
@@ -608,7 +609,13 @@ class Stream:
             self.app_frames_received += 1
             pcm = frame.pcm
             if frame.sample_rate != self.settings.app_sample_rate:
-                pcm = Resampler(frame.sample_rate, self._call_rate).process(pcm)
+                # Audio at another rate than the route's: one resampler for it, kept, so
+                # its filter history runs on from frame to frame (a new one per message
+                # would start every frame from silence).
+                rs = self._odd_rate_rs
+                if rs is None or (rs.in_rate, rs.out_rate) != (frame.sample_rate, self._call_rate):
+                    rs = self._odd_rate_rs = Resampler(frame.sample_rate, self._call_rate)
+                pcm = rs.process(pcm)
             else:
                 assert self._down_rs is not None
                 pcm = self._down_rs.process(pcm)
