@@ -17,13 +17,15 @@ passband ends below it (4.6 kHz for 8 kHz, 9 kHz for 16 kHz), so whatever aliase
 images lands above the passband, and is ``STOPBAND_DB`` down.
 
 How it computes (why it is cheap in Python): for in/out = M/L in lowest terms, output j
-is a dot product of the last K input samples with the filter phase (j·M mod L). For a
-chunk of whole periods (every 20 ms frame at the usual rates) the outputs of one period
-are one small dense matrix times the period's input window, so a frame is one strided
-view and one BLAS matrix product: the per-frame Python cost is a fixed handful of numpy
-calls whatever the ratio. Other chunk sizes take a general path (gather the windows,
-multiply by each output's phase); rate pairs with more than ``_MAX_PHASES`` phases
-interpolate between a table of that many phases.
+is a dot product of the K input samples before it with the filter phase (j·M mod L).
+For a chunk of whole periods (every 20 ms frame at the usual rates) the outputs of a
+block of periods are one dense matrix (shared by every block, built once per pair)
+times the block's input window, so a frame is one strided view of the input and one
+BLAS matrix product: a fixed handful of numpy calls per frame whatever the ratio.
+Blocks span about one filter length: fewer periods per block means more overlapping
+windows to copy, more means a wider matrix of mostly zeros. Other chunk sizes take a
+general path (gather the windows, multiply each by its output's phase); rate pairs with
+more than ``_MAX_PHASES`` phases interpolate between a table of that many.
 """
 
 from __future__ import annotations
@@ -49,15 +51,19 @@ _PASSBAND_SHARE = 0.85  # of the lower Nyquist frequency, for other rates
 # Rate pairs whose reduced ratio needs more phases than this (exotic WAV rates such as
 # 44056 Hz) interpolate linearly between this many: the coefficient error is ~1e-7.
 _MAX_PHASES = 1024
-# The one-period matrix of the fast path is at most this many floats (256 KiB): larger
-# ones (16k<->22.05k) cost more to stream through the cache than gathering the windows.
-_BLOCK_MAX_FLOATS = 65536
+# The block matrix of the fast path is at most this many floats (780 KiB; the largest
+# at the usual rates, 16k <-> 22.05k, is 157k): measured 2-3x cheaper than gathering
+# the windows even at that size. Rates whose block would be larger take the gather path.
+_BLOCK_MAX_FLOATS = 200_000
+# One matrix product is kept under OpenBLAS's threshold for using its threads (m*n*k
+# <= 65536 * 4): threads would spin on another core for a few µs of work.
+_BLAS_MAX_MNK = 1 << 18
 # Longer chunks (a whole WAV file) are processed in pieces of about this many samples, so
 # the gathered windows stay small.
 _PIECE_SAMPLES = 4096
 _PLAN_CACHE = 16
+_PLAN_CACHE_MAX_FLOATS = 65536  # larger gather plans are computed each time
 
-_F32 = np.dtype(np.float32)
 try:  # the clip ufunc itself: np.clip's Python wrapper costs ~2 µs more per call
     from numpy._core.umath import clip as _clip  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # numpy 1.x
@@ -125,6 +131,7 @@ class _Design:
         h /= h.sum(axis=1, keepdims=True)
         self.table = h.astype(np.float32)
         self._plans: dict[tuple[int, int], _Plan] = {}
+        self._blocks: dict[int, np.ndarray[Any, Any]] = {}  # by periods per block
 
     @property
     def exact(self) -> bool:
@@ -177,17 +184,22 @@ class _Design:
         starts = coeffs = None
         periods = self.block_periods(n) if self.exact and t0 == 0 and n % M == 0 else 0
         if periods:
-            # A block of `periods` periods: output r sits r*M/L inputs into the block's
-            # window of periods*M + K - 1 samples. One matrix for every block.
-            outs = periods * L
-            block = np.zeros((periods * M + K - 1, outs), np.float32)
-            t = np.arange(outs) * M
-            for r, (s, p) in enumerate(zip(t // L, t % L, strict=True)):
-                block[s : s + K, r] = self.table[p]
+            block = self._blocks.get(periods)
+            if block is None:
+                # A block of `periods` periods: output r sits r*M/L inputs into the
+                # block's window of periods*M + K - 1 samples. One matrix for every block.
+                outs = periods * L
+                block = np.zeros((periods * M + K - 1, outs), np.float32)
+                t = np.arange(outs) * M
+                for r, (s, p) in enumerate(zip(t // L, t % L, strict=True)):
+                    block[s : s + K, r] = self.table[p]
+                self._blocks[periods] = block
         else:
             starts, coeffs = self.coefficients(t0 + M * np.arange(count, dtype=np.int64))
         plan = _Plan(count, t0_next, block, starts, coeffs)
-        if len(self._plans) < _PLAN_CACHE:
+        if len(self._plans) < _PLAN_CACHE and (
+            coeffs is None or coeffs.size <= _PLAN_CACHE_MAX_FLOATS
+        ):
             self._plans[key] = plan
         return plan
 
@@ -304,11 +316,17 @@ class Resampler:
         if plan.block is not None:
             width = plan.block.shape[0]
             step = width - hist
-            windows = as_strided(buf, (n // step, width), (4 * step, 4), writeable=False)
-            out = windows.dot(plan.block)
-            if len(self._fast) < 4:
-                chunk, head, tail = buf[hist : hist + n], buf[:hist], buf[n : n + hist]
-                self._fast[n] = (chunk, windows, plan.block, head, tail)
+            rows = n // step
+            windows = as_strided(buf, (rows, width), (4 * step, 4), writeable=False)
+            per_dot = max(1, _BLAS_MAX_MNK // plan.block.size)
+            if rows > per_dot:  # a long chunk: a few products, each small enough for one thread
+                parts = [windows[i : i + per_dot].dot(plan.block) for i in range(0, rows, per_dot)]
+                out = np.concatenate(parts)
+            else:
+                out = windows.dot(plan.block)
+                if len(self._fast) < 4:
+                    chunk, head, tail = buf[hist : hist + n], buf[:hist], buf[n : n + hist]
+                    self._fast[n] = (chunk, windows, plan.block, head, tail)
         elif plan.count:
             assert plan.coeffs is not None
             windows = as_strided(buf, (n, d.K), (4, 4), writeable=False)
