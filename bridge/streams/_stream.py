@@ -207,9 +207,7 @@ class Stream:
     _up_rate: int = 0
     _down_rs: Resampler | None = None
     _down_rate: int = 0
-    # Resamplers of app audio whose rate is not the route's (e.g. a 24 kHz TTS frame on a
-    # 16 kHz route), by their rate: each keeps its filter state across frames.
-    _odd_rs: dict[int, Resampler] = attrs.field(factory=dict)
+    _odd_rate_rs: Resampler | None = None  # app audio not at the route's rate
     _silence: bytes = b""
     _hold: bytes = b""
     _hold_pos: int = 0
@@ -503,7 +501,7 @@ class Stream:
         else:
             # A rate change mid-call (AudioSocket kind switch) is rare; marks are kept.
             self._policy.set_frame_bytes(fb)
-        self._odd_rs.clear()
+        self._odd_rate_rs = None
         self._silence = bytes(fb)
         self._down_rs = Resampler(s.app_sample_rate, rate)
         self._down_rate = rate
@@ -618,11 +616,13 @@ class Stream:
             frame = event.frame
             self.app_frames_received += 1
             pcm = frame.pcm
-            rate = frame.sample_rate
-            if rate != self.settings.app_sample_rate:
-                rs = self._odd_rs.get(rate)
-                if rs is None:
-                    rs = self._odd_rs[rate] = Resampler(rate, self._call_rate)
+            if frame.sample_rate != self.settings.app_sample_rate:
+                # Audio at another rate than the route's: one resampler for it, kept, so
+                # its filter history runs on from frame to frame (a new one per message
+                # would start every frame from silence).
+                rs = self._odd_rate_rs
+                if rs is None or (rs.in_rate, rs.out_rate) != (frame.sample_rate, self._call_rate):
+                    rs = self._odd_rate_rs = Resampler(frame.sample_rate, self._call_rate)
                 pcm = rs.process(pcm)
             else:
                 assert self._down_rs is not None

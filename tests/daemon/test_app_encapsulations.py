@@ -67,7 +67,19 @@ async def wait_until(pred: Any, timeout_s: float = 10.0) -> None:
 CASES = [
     pytest.param("sln", None, 8000, 8000, "exact", id="sln-8k"),
     pytest.param("sln", None, 16000, 16000, "exact", id="sln-16k"),
-    pytest.param("sln", None, 16000, 8000, "resampled", id="sln-16k-caller-8k"),
+    pytest.param(
+        "sln",
+        None,
+        16000,
+        8000,
+        "resampled",
+        id="sln-16k-caller-8k",
+        # The watermark's held runs survived linear interpolation only; the band-limited
+        # resampler smears them (tests/daemon/test_call_cli.py, WATERMARK_VS_RESAMPLER).
+        marks=pytest.mark.xfail(
+            strict=True, reason="the watermark survives G.711 but not a band-limited resampler"
+        ),
+    ),
     pytest.param("twilio", None, 8000, 8000, "pcmu", id="twilio"),
     pytest.param("telnyx", "pcmu", 8000, 8000, "pcmu", id="telnyx-pcmu"),
     pytest.param("telnyx", "l16", 8000, 8000, "exact", id="telnyx-l16"),
@@ -88,7 +100,7 @@ def expected_back(sent: bytes, path: str) -> bytes | None:
         return PCMU.decode(PCMU.encode(sent))
     if path == "pcma":
         return PCMA.decode(PCMA.encode(sent))
-    return None  # resampled 8k -> 16k -> 8k: the watermark still reads
+    return None  # resampled 8k -> 16k -> 8k: only the watermark could be compared
 
 
 @pytest.mark.parametrize("enc, codec, app_rate, caller_rate, path", CASES)
