@@ -147,21 +147,20 @@ def parse(name: str) -> Impairment:
         raise ValueError(f"unknown condition {name!r}")
     g = m.groupdict()
     if g["clean"]:
-        return Impairment("clean")
+        return Impairment("clean", name=name)
     if g["freeze"]:
-        return Impairment("freeze")
+        return Impairment("freeze", name=name)
     if g["burst"]:
         at = float(g["burst_at"]) if g["burst_at"] is not None else _DEFAULT_AT_S
-        return Impairment("burst", frames=int(g["burst"]), at_s=at)
+        return Impairment("burst", frames=int(g["burst"]), at_s=at, name=name)
     if g["stall"]:
         s = float(g["stall"]) / (1000.0 if g["stall_unit"] == "ms" else 1.0)
         at = float(g["stall_at"]) if g["stall_at"] is not None else _DEFAULT_AT_S
-        return Impairment("stall", seconds=s, at_s=at)
+        return Impairment("stall", seconds=s, at_s=at, name=name)
     if g["jitter"]:
-        return Impairment(
-            "jitter", seconds=float(g["jitter"]) / 1000.0, distribution="exp" if g["jitter_dist"] else "uniform"
-        )
-    return Impairment(g["pkind"], probability=float(g["p"]) / 100.0)
+        dist = "exp" if g["jitter_dist"] else "uniform"
+        return Impairment("jitter", seconds=float(g["jitter"]) / 1000.0, distribution=dist, name=name)
+    return Impairment(g["pkind"], probability=float(g["p"]) / 100.0, name=name)
 
 
 def check_transport(imp: Impairment, *, datagrams: bool) -> None:

@@ -509,6 +509,36 @@ def snr_db(out: np.ndarray, ref: np.ndarray, *, edge: int = 400) -> float:
     return 10 * math.log10(sig / noise)
 
 
+def snr_longest_run(frames: Sequence[np.ndarray], source: np.ndarray) -> float | None:
+    """:func:`snr_db` over the longest stretch of received frames that follow each other
+    in the source at one offset (so an inserted or lost frame elsewhere does not turn
+    the whole call into noise). None if no stretch of 1 s or more."""
+    if not frames:
+        return None
+    n = len(frames[0])
+    ids = identify(frames, source)
+    best: tuple[int, int] = (0, 0)
+    start = 0
+    for j in range(1, len(ids) + 1):
+        cont = (j < len(ids) and ids[j] is not None and ids[j - 1] is not None
+                and ids[j][0] != UNMATCHED and ids[j - 1][0] != UNMATCHED
+                and ids[j][0] - ids[j - 1][0] == n)  # fmt: skip
+        if not cont:
+            if j - start > best[1] - best[0]:
+                best = (start, j)
+            start = j
+    a, b = best
+    if (b - a) * n < 50 * n:
+        return None
+    first = ids[a]
+    assert first is not None
+    p0 = first[0]
+    out = np.concatenate(frames[a:b])
+    lo = max(0, p0 - n)
+    ref = source[lo : p0 + (b - a) * n + n]
+    return snr_db(out, ref)
+
+
 def level_db(out: np.ndarray, ref: np.ndarray) -> float:
     """RMS of ``out`` relative to the RMS of ``ref``, dB."""
     ro = float(np.sqrt(np.mean(out**2))) if len(out) else 0.0
@@ -519,19 +549,25 @@ def level_db(out: np.ndarray, ref: np.ndarray) -> float:
 def passband_gains_db(out: np.ndarray, ref: np.ndarray, rate: int, freqs: Sequence[float],
                       step_s: float) -> dict[float, float]:  # fmt: skip
     """Gain at each frequency of a stepped multitone ``ref`` (see
-    ``material.multitone_steps``) as found in ``out``: align by cross-correlation, then
-    project the middle 60 % of each step onto that frequency."""
+    ``material.multitone_steps``) as found in ``out``: align the whole by
+    cross-correlation, then each step on its own within +-100 ms (a gap or an inserted
+    frame between steps moves the later ones), and project the middle 60 % of each step
+    onto its frequency."""
     _, lag = ncc_whole(out, ref)
     step = round(rate * step_s)
+    search = round(0.1 * rate)
     gains = {}
     for i, f in enumerate(freqs):
         a = i * step + step // 5
         b = (i + 1) * step - step // 5
         r = ref[a:b]
-        lo, hi = a + lag, b + lag
-        if lo < 0 or hi > len(out):
+        lo, hi = max(0, a + lag - search), min(len(out), b + lag + search)
+        if hi - lo < len(r):
             continue
-        o = out[lo:hi]
+        seg = out[lo:hi]
+        c = _xcorr(seg, r)[len(r) - 1 : len(r) - 1 + len(seg) - len(r) + 1]
+        off = int(np.argmax(c))
+        o = seg[off : off + len(r)]
         t = np.arange(len(r)) / rate
         basis = np.exp(-2j * np.pi * f * t)
         ar = abs(np.dot(r, basis))

@@ -164,7 +164,7 @@ listen = "127.0.0.1:{ws_port}"
 [rtp]
 bind = "127.0.0.1"
 ports = "{rtp_ports[0]}-{rtp_ports[1]}"
-timeout = "5s"
+timeout = "10s"
 
 [records]
 path = "{records}"
@@ -182,8 +182,10 @@ class Daemon:
     ws_port: int
 
 
-@contextlib.contextmanager
-def running_daemon(workdir: Path, app_url: str, as_app: str, name: str = "bridge") -> Any:
+@contextlib.asynccontextmanager
+async def running_daemon(workdir: Path, app_url: str, as_app: str, name: str = "bridge") -> Any:
+    """``bridge run`` on a config of its own; start and stop happen in a thread, so the
+    rig's event loop (and the canary that watches it) never blocks on them."""
     admin_port = _procs.free_port()
     as_port = _procs.free_port()
     ws_port = _procs.free_port()
@@ -193,11 +195,12 @@ def running_daemon(workdir: Path, app_url: str, as_app: str, name: str = "bridge
                        records=workdir / f"{name}.sqlite3")  # fmt: skip
     proc = _procs.Bridge(name, cfg, admin_port, workdir)
     try:
-        proc.wait_ready()
+        await trio.to_thread.run_sync(proc.wait_ready)
         yield Daemon(proc, proc.admin, as_port, ws_port)
     finally:
         proc.send_signal(signal.SIGCONT)  # never leave it stopped
-        proc.stop(timeout_s=10)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: proc.stop(timeout_s=10))
 
 
 # ------------------------------------------------------------------------ the app
@@ -207,7 +210,7 @@ def running_daemon(workdir: Path, app_url: str, as_app: str, name: str = "bridge
 class AppPlan:
     """What the app does on the connection of one call."""
 
-    behaviour: str = "echo"  # echo, tts, tone, silent, hangup
+    behaviour: str = "echo"  # echo, tts, tone, silent, hangup, hangup-race
     delays: list[float] = field(default_factory=list)
     """echo: per received frame, extra hold (impair.hold_delays)."""
     utterances: list[np.ndarray] = field(default_factory=list)
@@ -216,6 +219,9 @@ class AppPlan:
     """tts: when (from the first caller frame the app receives) each utterance is sent."""
     chunk_ms: int = 100
     hangup_after: int = 10
+    on_hangup: Any = None
+    """hangup-race: called the moment the app has sent its hangup (the rig closes the
+    call leg then, so both ends go at once)."""
 
 
 @dataclass
@@ -337,6 +343,11 @@ class AppServer:
                     for ev in dialect.receive(message):
                         if isinstance(ev, Start):
                             rec.start = {"sample_rate": ev.sample_rate, "encoding": ev.encoding}
+                            if plan.behaviour.startswith("hangup") and plan.hangup_after == 0:
+                                for m in dialect.send(Hangup()):
+                                    await ws.send(m)
+                                if plan.on_hangup is not None:
+                                    plan.on_hangup()
                         elif isinstance(ev, Audio):
                             pcm = ev.frame.pcm
                             rec.chunks.append((now, pcm))
@@ -351,9 +362,11 @@ class AppServer:
                                 due = max(now + d, state["last_due"])
                                 state["last_due"] = due
                                 queue(due, dialect.send_audio(pcm))
-                            elif plan.behaviour == "hangup" and i + 1 == plan.hangup_after:
+                            elif plan.behaviour.startswith("hangup") and i + 1 == plan.hangup_after:
                                 for m in dialect.send(Hangup()):
-                                    queue(now, m, False)
+                                    await ws.send(m)
+                                if plan.on_hangup is not None:
+                                    plan.on_hangup()
                         elif isinstance(ev, Mark):
                             rec.marks_back.setdefault(ev.name, now)
                         elif isinstance(ev, Stop):
@@ -383,6 +396,11 @@ class CallRecord:
     error: str = ""
     freezes: list[tuple[float, float]] = field(default_factory=list)
     stream_record: dict[str, Any] = field(default_factory=dict)
+    send_late_ms: float = 0.0
+    """The rig's own health: the latest any frame left behind its schedule."""
+    rig_stalls_ms: list[tuple[float, float]] = field(default_factory=list)
+    """The rig's own health: (offset from t0, ms) of every time the rig's event loop
+    woke more than 10 ms late during this call (see :class:`Canary`)."""
 
 
 def _platform(leg: Leg) -> tuple[Any, list[bytes | str], list[bytes | str], str]:
@@ -417,6 +435,8 @@ class CallSpec:
     schedule: impair.Schedule
     tail_s: float = 1.5
     close_on_hangup: bool = True
+    close_event: trio.Event | None = None
+    """When set, the caller hangs up (closes its connection) that very moment."""
 
 
 async def place_call(daemon: Daemon, spec: CallSpec, rec: CallRecord, *, app_server: AppServer,
@@ -529,12 +549,23 @@ async def _talk(spec: CallSpec, rec: CallRecord, platform: Any, wire: list[bytes
                     rec.hangup = rec.hangup or "remote_hangup"
                     hung_up.set()
                     if spec.close_on_hangup:
+                        # Hang up at once, as Asterisk does: leaving the nursery closes
+                        # the connection this very moment.
+                        nursery.cancel_scope.cancel()
                         return
+
+    async def close_when_told(nursery: trio.Nursery, event: trio.Event) -> None:
+        await event.wait()
+        rec.hangup = rec.hangup or "caller_close"
+        hung_up.set()
+        nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
         for m in start_msgs:
             await send(m)
         nursery.start_soon(receiver, nursery)
+        if spec.close_event is not None:
+            nursery.start_soon(close_when_told, nursery, spec.close_event)
         t0 = trio.current_time() + 0.005
         rec.t0 = t0
         for s in spec.schedule.sends:
@@ -542,7 +573,12 @@ async def _talk(spec: CallSpec, rec: CallRecord, platform: Any, wire: list[bytes
                 break
             await trio.sleep_until(t0 + s.t_s)
             now = trio.current_time()
-            await send(wire[s.frame])
+            rec.send_late_ms = max(rec.send_late_ms, (now - t0 - s.t_s) * 1000.0)
+            try:
+                await send(wire[s.frame])
+            except Exception:
+                rec.hangup = rec.hangup or "remote_close"
+                break
             rec.sent_at.setdefault(s.frame, now)
         if not hung_up.is_set():
             with trio.move_on_after(spec.tail_s):
@@ -561,6 +597,31 @@ async def _echo_mark(send: Any, platform: Any, name: str, at: float) -> None:
     for m in platform.send(Mark(name)):
         with contextlib.suppress(Exception):
             await send(m)
+
+
+# ------------------------------------------------------------------------ the rig's health
+
+
+@dataclass
+class Canary:
+    """Wakes every 5 ms and notes every time it woke more than 10 ms late: the rig's own
+    event loop (or the machine) stalled, and any frame sent or received meanwhile got a
+    late timestamp that is not bridge's doing. Calls that overlap a stall are flagged."""
+
+    stalls: list[tuple[float, float]] = field(default_factory=list)
+    """(time, lateness s)."""
+
+    async def run(self) -> None:
+        period = 0.005
+        while True:
+            due = trio.current_time() + period
+            await trio.sleep_until(due)
+            late = trio.current_time() - due
+            if late > 0.010:
+                self.stalls.append((due, late))
+
+    def during(self, start: float, end: float) -> list[tuple[float, float]]:
+        return [(t - start, round(late * 1000.0, 1)) for t, late in self.stalls if start <= t <= end]
 
 
 # ------------------------------------------------------------------------ freezing
