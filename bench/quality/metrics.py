@@ -285,6 +285,10 @@ class CallAnalysis:
     latency_max_ms: float | None = None
     final_ms: float | None = None
     """Median added latency over the last second of returned frames."""
+    final_arrival_ms: float | None = None
+    """The same measured at arrival instead of at (serial) play: what a measurement
+    that ignores the caller's playout sees. The difference is backlog that bridge moved
+    into the caller's buffer by sending faster than real time."""
     recovery: list[float | None] = field(default_factory=list)
     """Per impairment window: seconds from its end until back within 5 ms for good
     (None: never)."""
@@ -358,6 +362,7 @@ def analyze(
     play = serial_playout(received.arrival, ptime_s)
     seen: set[int] = set()
     last_k = -1
+    arrival_ms: list[float] = []
     for j, ident in enumerate(ids):
         if ident is None:
             a.silent += 1
@@ -377,6 +382,7 @@ def analyze(
         last_k = max(last_k, k)
         lat_ms = (play[j] - sent_at[k] + (k * n - p) / rate) * 1000.0
         a.latency.append((sent_at[k] - t0, lat_ms, k))
+        arrival_ms.append((received.arrival[j] - sent_at[k] + (k * n - p) / rate) * 1000.0)
     a.fabricated = a.repeated + a.unmatched
     dropped = set(network_dropped)
     if seen:
@@ -392,6 +398,7 @@ def analyze(
         a.latency_p95_ms = float(np.percentile(lats, 95))
         a.latency_max_ms = float(lats.max())
         a.final_ms = float(np.median(lats[ts >= ts.max() - 1.0]))
+        a.final_arrival_ms = float(np.median(np.array(arrival_ms)[ts >= ts.max() - 1.0]))
         first = min((w[0] for w in windows), default=math.inf)
         pre = lats[(ts >= 0.5) & (ts < first)]
         if len(pre) >= 10:

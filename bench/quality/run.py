@@ -256,17 +256,25 @@ async def run_phase(cells: Sequence[Cell], app_server: AppServer, workdir: Path,
     as_app = next((c.app for c in cells if LEGS[c.leg].transport == "audiosocket"), "echo8")
     freeze = any(c.condition == "freeze" for c in cells)
     outcomes: list[Outcome] = []
+
+    def prepare() -> list[tuple[Cell, CallSpec, AppPlan]]:
+        out = []
+        for c in cells:
+            spec = _spec_for(c)
+            out.append((c, spec, _plan_for(c, len(spec.schedule.sends) + 8)))
+        return out
+
+    # Signals are made before any call starts, off the event loop: making one while
+    # other calls run would stall their timing.
+    prepared = await trio.to_thread.run_sync(prepare)
     async with running_daemon(workdir, app_server.url, as_app, name=f"bridge-{as_app}") as daemon:
         limiter = trio.CapacityLimiter(len(cells) if freeze else concurrency)
         freezes: list[tuple[float, float]] = []
         async with httpx.AsyncClient(timeout=5.0) as http:
             phase_start = trio.current_time() + 0.3
 
-            async def one(i: int, cell: Cell) -> None:
+            async def one(i: int, cell: Cell, spec: CallSpec, plan: AppPlan) -> None:
                 async with limiter:
-                    spec = _spec_for(cell)
-                    n_frames = len(spec.schedule.sends) + 8
-                    plan = _plan_for(cell, n_frames)
                     if cell.behaviour == "hangup-race":
                         spec.close_event = trio.Event()
                         plan.on_hangup = spec.close_event.set
@@ -284,8 +292,8 @@ async def run_phase(cells: Sequence[Cell], app_server: AppServer, workdir: Path,
             async with trio.open_nursery() as nursery:
                 if freeze:
                     nursery.start_soon(freeze_daemon, daemon.proc.pid, phase_start + 0.005, freezes)
-                for i, cell in enumerate(cells):
-                    nursery.start_soon(one, i, cell)
+                for i, (cell, spec, plan) in enumerate(prepared):
+                    nursery.start_soon(one, i, cell, spec, plan)
         for o in outcomes:
             o.call.freezes = list(freezes)
     return outcomes
@@ -540,22 +548,65 @@ def analyze_all(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------ reports
 
 
+def _short(r: dict[str, Any]) -> str:
+    """One cell of the overview grid: the verdict and the figure that decides it."""
+    d = r.get("down") or {}
+    v = r["verdict"]
+    mark = {"PASS": "ok", "FAIL": "**FAIL**", "INFO": ""}[v]
+    kind = impair.parse(r["condition"]).kind
+    if kind in ("burst", "stall", "freeze"):
+        fin = d.get("final_ms")
+        fig = "" if fin is None else f"{fin:.0f} ms"
+    elif kind == "clean":
+        fig = "" if r.get("pesq") is None else f"{r['pesq']}/{r.get('pesq_reference')}"
+        if r.get("snr_db") is not None and LEGS[r["leg"]].codec == "l16":
+            fig += f", {r['snr_db']:.0f} dB"
+        if d.get("fabricated"):
+            fig += f", {d['fabricated']} fab"
+    else:
+        fig = f"{d.get('latency_p50_ms') or 0:.0f} ms"
+        if d.get("fabricated") or d.get("lost"):
+            fig += f", {d.get('fabricated', 0)} fab, {d.get('lost', 0)} lost"
+    star = "\\*" if r.get("suspect") else ""
+    return f"{mark} {fig}{star}".strip()
+
+
 def markdown(doc: dict[str, Any]) -> str:
     rows = doc["cells"]
+    meta = doc["meta"]
     lines = [
-        f"# Media quality: {doc['meta']['git']} ({doc['meta']['time']})",
+        f"# Media quality: {meta['git']} ({meta['time']})",
         "",
-        f"{len(rows)} calls; PASS {doc['summary']['PASS']}, FAIL {doc['summary']['FAIL']}, "
-        f"INFO {doc['summary']['INFO']}. Added latency = when the caller plays a returned frame "
-        "(serial playout) minus when it sent that frame.",
+        f"{len(rows)} calls in {meta.get('wall_s', '?')} s, {meta.get('concurrency', '?')} at a time;"
+        f" PASS {doc['summary']['PASS']}, FAIL {doc['summary']['FAIL']}, INFO {doc['summary']['INFO']}"
+        " (INFO: no pass mark). Added latency = when the caller plays a returned frame (serial"
+        " playout, no jitter buffer) minus when it sent that frame. \\* = the rig itself stalled"
+        " >= 20 ms during the call (figures suspect). Method: docs/audio-quality.md.",
         "",
-        "| cell | verdict | PESQ (ref) | p50 / final ms | recovery s | lost | fabricated | why |",
-        "|---|---|---|---|---|---|---|---|",
+        "## Echo behaviour, impairment on the caller's sends",
+        "",
+        "Per cell: burst/stall/freeze: the added latency at the end of the call (steady state"
+        " before the impairment is 1-20 ms); clean: PESQ / codec-only reference PESQ (and SNR"
+        " on L16 legs); jitter/loss: median added latency.",
+        "",
     ]
+    echo = [r for r in rows if r["behaviour"] == "echo" and r["where"] in ("caller", "daemon")]
+    conds = [c for c in [*CONDITIONS_RTP, "freeze"] if any(r["condition"] == c for r in echo)]
+    lines.append("| leg / app | " + " | ".join(conds) + " |")
+    lines.append("|---" * (len(conds) + 1) + "|")
+    pairs = sorted({(r["leg"], r["app"]) for r in echo})
+    for leg, app in pairs:
+        cells = {r["condition"]: r for r in echo if r["leg"] == leg and r["app"] == app}
+        lines.append(f"| {leg} / {app} | " + " | ".join(_short(cells[c]) if c in cells else "" for c in conds) + " |")
+    lines += ["", "## Every call", "",
+              "| cell | verdict | PESQ (ref) | p50 / final ms (at arrival) | recovery s | lost | fabricated | why |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         d = r.get("down") or {}
         pesq = "" if r.get("pesq") is None else f"{r['pesq']} ({r.get('pesq_reference')})"
-        lat = "" if d.get("latency_p50_ms") is None else f"{d['latency_p50_ms']:.1f} / {d.get('final_ms') or 0:.1f}"
+        lat = ""
+        if d.get("latency_p50_ms") is not None:
+            lat = f"{d['latency_p50_ms']:.1f} / {d.get('final_ms') or 0:.1f} ({d.get('final_arrival_ms') or 0:.1f})"
         rec = ", ".join("never" if x is None else f"{x:.2f}" for x in d.get("recovery", []))
         lost = d.get("lost", "")
         fab = d.get("fabricated", r.get("fabricated", ""))
