@@ -238,3 +238,17 @@ def test_hq_resampler_is_flat_and_rejects_aliases() -> None:
         assert M.level_db(y[800:-800], x[800:-800]) == pytest.approx(0.0, abs=0.01)
     x = material.tone(16000, 6000, 1.0)
     assert M.level_db(M.resample(x, 16000, 8000)[400:-400], x) < -90
+
+
+def test_snr_longest_run_is_not_spoilt_by_one_inserted_frame() -> None:
+    src = _source()
+    rx = _echo(src, copies_after={60}, codec="l16")
+    # The whole stream against the source: one shifted stretch ruins it...
+    assert M.snr_db(np.concatenate(rx.pcm), src) < 20
+    # ...the longest run of consecutive frames does not.
+    snr = M.snr_longest_run(rx.pcm, src)
+    assert snr is not None and snr > 70
+    # Through the linear resampler (the 8 -> 16 -> 8 kHz round trip): far below 40.
+    lin = _frames(_linear_round_trip(src))
+    low = M.snr_longest_run(lin, src)
+    assert low is not None and low < 30
