@@ -244,9 +244,12 @@ def identify(frames: Sequence[np.ndarray], source: np.ndarray) -> list[tuple[int
                 prev = local_p
                 continue
         p, v = finder.anywhere(f)
-        if local_v >= NCC_LOCAL and local_v >= v - 0.05:
-            # A distorted frame (a poor resampler) that still fits where the stream
-            # says it should, better than anywhere else.
+        if local_v >= NCC_LOCAL and (abs(p - local_p) < n // 2 or local_v >= v - 0.1):
+            # A distorted frame (a poor resampler) that still fits where the stream says
+            # it should: a best match less than half a frame away is the same place
+            # (a pitch period of voiced speech, not a discontinuity), and one nearly as
+            # good as anywhere else keeps the stream's order. A repeat (a whole frame
+            # back) or a jump still wins when it fits clearly better.
             p, v = local_p, local_v
         if v >= NCC_GLOBAL or (p == local_p and v >= NCC_LOCAL):
             out.append((p - n, v))

@@ -30,6 +30,7 @@ import os
 import signal
 import socket as stdlib_socket
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,7 +294,7 @@ class AppServer:
         ws = await request.accept()
         rec.connections += 1
         dialect = _app_dialect(request.path.strip("/"))
-        send_q: list[tuple[float, bytes | str, bool]] = []
+        send_q: deque[tuple[float, bytes | str, bool]] = deque()
         state: dict[str, Any] = {"wake": trio.Event(), "received": 0, "last_due": -math.inf}
 
         async def sender() -> None:
@@ -303,7 +304,7 @@ class AppServer:
                 while not send_q:
                     state["wake"] = trio.Event()
                     await state["wake"].wait()
-                due, msg, audio = send_q.pop(0)
+                due, msg, audio = send_q.popleft()
                 await trio.sleep_until(due)
                 await ws.send(msg)
                 if audio:
@@ -522,7 +523,6 @@ async def _talk(spec: CallSpec, rec: CallRecord, platform: Any, wire: list[bytes
                 start_msgs: list[bytes | str], stop_msgs: list[bytes | str], send: Any,
                 receive: Any) -> None:  # fmt: skip
     leg = spec.leg
-    n = round(leg.rate * PTIME_S)
     far_side_plays = leg.transport in ("twilio", "telnyx", "plivo")
     play_end = [-math.inf]  # serial playout of what we received so far (mark echoes)
     hung_up = trio.Event()
@@ -589,7 +589,6 @@ async def _talk(spec: CallSpec, rec: CallRecord, platform: Any, wire: list[bytes
                 with contextlib.suppress(Exception):
                     await send(m)
         nursery.cancel_scope.cancel()
-    del n
 
 
 async def _echo_mark(send: Any, platform: Any, name: str, at: float) -> None:
