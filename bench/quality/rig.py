@@ -640,12 +640,18 @@ async def freeze_daemon(pid: int, t0: float, out: list[tuple[float, float]]) -> 
 
 
 async def stream_record(http: httpx.AsyncClient, admin: str, stream_id: str) -> dict[str, Any]:
-    with trio.move_on_after(5):
-        try:
-            r = await http.get(f"{admin}/v1/streams/{stream_id}")
-            if r.status_code == 200:
-                return dict(r.json())
-        except Exception:
-            pass
-    return {}
-
+    """The stream's record once it has ended (``DELETE`` was just sent): polled for up
+    to 3 s, the live view if it never says ended."""
+    last: dict[str, Any] = {}
+    with trio.move_on_after(3):
+        while True:
+            try:
+                r = await http.get(f"{admin}/v1/streams/{stream_id}")
+                if r.status_code == 200:
+                    last = dict(r.json())
+                    if last.get("ended_at") or last.get("state") == "closed":
+                        break
+            except Exception:
+                pass
+            await trio.sleep(0.1)
+    return last
