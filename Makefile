@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?=
 
-.PHONY: run test lint typecheck rules pytest bench chaos soak sysdeps clean
+.PHONY: run test lint typecheck rules pytest bench chaos soak quality sysdeps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,16 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
+$(VENV)/.installed-quality: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,quality]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
 run: $(VENV)/.installed
 	$(VENV)/bin/bridge run $(if $(CONFIG),-c $(CONFIG))
 
 # System packages the tests need (ffmpeg as the independent RTP peer, systemd-analyze,
-# unshare for the full-disk test, promtool for the alert rules).
+# unshare for the full-disk test, promtool for the alert rules, espeak-ng and sox for
+# the speech material).
 sysdeps:
 	./scripts/install-system-deps
 
@@ -56,6 +61,12 @@ chaos: $(VENV)/.installed-bench
 
 soak: $(VENV)/.installed-bench
 	$(PY) bench/soak.py
+
+# The media-quality matrix against a real daemon (docs/audio-quality.md), ~20 min.
+# QUALITY_ARGS=--quick for a few cells; QUALITY_ARGS=--rtp-fabrication for 100 RTP calls.
+QUALITY_ARGS ?=
+quality: sysdeps $(VENV)/.installed-quality
+	$(PY) -m bench.quality.run --save $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
