@@ -1045,10 +1045,16 @@ class _ServerConfig:
     ping_interval_s: float | None
     ping_timeout_s: float | None
     close_timeout_s: float
-    ssl_context: ssl.SSLContext | None
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None
     #: Called with (peer "host:port", what was wrong) for every failed handshake, so the
     #: owner can log and count bad peers; None = only a debug line here.
     on_bad_handshake: Callable[[str, str], None] | None = None
+    #: The TLS handshake's own deadline (None: it shares ``handshake_timeout_s``).
+    tls_handshake_timeout_s: float | None = None
+    #: Called with (peer, kind, why) for a TLS handshake that failed (kind
+    #: ``tls_handshake_failed``) or ran out of time (``tls_handshake_timeout``); None:
+    #: ``on_bad_handshake(peer, why)``.
+    on_tls_error: Callable[[str, str, str], None] | None = None
     handshakes: int = 0
 
 
@@ -1062,6 +1068,9 @@ class WebSocketRequest:
 
     path: str
     """Request path without the query string."""
+    target: str
+    """The request-target exactly as sent (path and query, still percent-encoded):
+    what a signature over the URL covers."""
     query: dict[str, str]
     """Parsed query string (the last value wins for a repeated name)."""
     headers: Headers
@@ -1276,15 +1285,16 @@ async def _serve_connection(config: _ServerConfig, tcp_stream: trio.SocketStream
             return
         slot = _HandshakeSlot(config)
         try:
+            if config.ssl_context is not None:
+                tls = await _tls_handshake(config, tcp_stream)
+                if tls is None:
+                    return
+                stream = tls
             protocol = ServerProtocol(max_size=config.max_message_bytes, logger=_protocol_logger)
             request: Request | None = None
             queued: list[bytes] = []
             with trio.move_on_after(config.handshake_timeout_s) as handshake_scope:
                 try:
-                    if config.ssl_context is not None:
-                        tls = trio.SSLStream(tcp_stream, config.ssl_context, server_side=True)
-                        stream = tls
-                        await tls.do_handshake()
                     request = await _read_request(stream, protocol)
                     queued = protocol.data_to_send() if request is None else []
                     if any(queued):
@@ -1322,6 +1332,7 @@ async def _serve_connection(config: _ServerConfig, tcp_stream: trio.SocketStream
             async with trio.open_nursery() as nursery:
                 ws_request = WebSocketRequest(
                     path=path,
+                    target=request.path,
                     query=dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True)),
                     headers=request.headers,
                     remote=_address(tcp_stream, peer=True),
@@ -1358,6 +1369,52 @@ def _bad_handshake(config: _ServerConfig, tcp_stream: trio.SocketStream, why: st
         config.on_bad_handshake(peer, why)
     except Exception:
         logger.exception("on_bad_handshake failed")
+
+
+async def _tls_handshake(
+    config: _ServerConfig, tcp_stream: trio.SocketStream
+) -> trio.SSLStream[trio.SocketStream] | None:
+    """The server side of the TLS handshake, bounded; None (reported) if it failed.
+
+    The context is looked up per connection, so a reloaded certificate (SIGHUP) serves
+    every handshake from then on while live connections keep theirs. A peer that opens
+    TCP and never finishes the handshake holds a ``max_handshakes`` slot until
+    ``tls_handshake_timeout_s``, then is dropped and reported.
+    """
+    source = config.ssl_context
+    assert source is not None
+    context = source if isinstance(source, ssl.SSLContext) else source()
+    tls = trio.SSLStream(tcp_stream, context, server_side=True)
+    deadline_s = config.tls_handshake_timeout_s or config.handshake_timeout_s
+    with trio.move_on_after(deadline_s) as scope:
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # Plain HTTP on the TLS port, no shared version or cipher, a client that
+            # rejects our certificate, or a TCP connect-and-close (a port probe).
+            cause = exc.__cause__ or exc
+            _tls_failed(config, tcp_stream, "tls_handshake_failed", f"TLS handshake failed: {cause}")
+            return None
+    if scope.cancelled_caught:
+        _tls_failed(
+            config,
+            tcp_stream,
+            "tls_handshake_timeout",
+            f"no TLS handshake within {deadline_s:g}s",
+        )
+        return None
+    return tls
+
+
+def _tls_failed(config: _ServerConfig, tcp_stream: trio.SocketStream, kind: str, why: str) -> None:
+    if config.on_tls_error is None:
+        _bad_handshake(config, tcp_stream, why)
+        return
+    host, port = _address(tcp_stream, peer=True)
+    try:
+        config.on_tls_error(f"{host}:{port}", kind, why)
+    except Exception:
+        logger.exception("on_tls_error failed")
 
 
 async def _run_handler(config: _ServerConfig, request: WebSocketRequest) -> None:
@@ -1398,8 +1455,10 @@ async def serve_websocket(
     close_timeout_s: float = 2.0,
     reuse_port: bool = False,
     listeners: Sequence[trio.SocketListener] | None = None,
-    ssl_context: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
+    tls_handshake_timeout_s: float | None = None,
     on_bad_handshake: Callable[[str, str], None] | None = None,
+    on_tls_error: Callable[[str, str, str], None] | None = None,
 ) -> NoReturn:
     """Serve WebSocket connections forever; ``await handler(request)`` for each.
 
@@ -1412,8 +1471,12 @@ async def serve_websocket(
     server. ``task_status.started`` reports the bound ``(host, port)`` list (bind port
     0 and read it back). ``listeners`` replaces ``host``/``port``/``reuse_port`` with
     listeners opened by the caller (the server owns and closes them); ``ssl_context``
-    serves ``wss://``. ``on_bad_handshake(peer, why)`` is called for every connection
-    that never becomes a WebSocket (garbage, slowloris, a plain HTTP request, 503 busy).
+    serves ``wss://``: a context, or a function returning the current one, called for
+    every new connection (certificate reload). The TLS handshake is bounded by
+    ``tls_handshake_timeout_s`` (default: ``handshake_timeout_s``), then the upgrade by
+    ``handshake_timeout_s``. ``on_bad_handshake(peer, why)`` is called for every
+    connection that never becomes a WebSocket (garbage, slowloris, a plain HTTP request,
+    503 busy); ``on_tls_error(peer, kind, why)``, if given, for those that fail in TLS.
 
     A handshake slot is held until the handler answers, so handlers should decide
     promptly (route lookup, auth) and do their long work after ``accept()``.
@@ -1433,6 +1496,8 @@ async def serve_websocket(
         close_timeout_s=close_timeout_s,
         ssl_context=ssl_context,
         on_bad_handshake=on_bad_handshake,
+        tls_handshake_timeout_s=tls_handshake_timeout_s,
+        on_tls_error=on_tls_error,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(
