@@ -1,7 +1,8 @@
 """The WebSocket listener: carrier media streams (Twilio, Telnyx, Plivo) and inbound app
 connections (``app.mode = "accept"``).
 
-* Carriers dial ``ws://<listen>/<route path>``. bridge plays the *application* side of
+* Carriers dial ``wss://<listen>/<route path>`` (``[websocket] tls_cert``; or ``ws://``
+  behind a TLS-terminating proxy). bridge plays the *application* side of
   the carrier's protocol: routes are picked by path (and header/query where configured),
   authenticated per route, admitted against ``max_streams`` (HTTP 503 when full), and the
   carrier's ``start`` opens a stream. Marks, clear and DTMF map across to the app leg.
@@ -12,14 +13,20 @@ connections (``app.mode = "accept"``).
   route's encapsulation: 401 for a bad token, 404 for an unknown or ended stream.
 
 Every refusal is one log line and a ``bridge_streams_refused_total{listener,reason}``.
+
+Behind a proxy in ``[websocket] trusted_proxies`` the client address in those lines, and
+the URL a Twilio signature is checked against, come from its ``X-Forwarded-*`` headers
+(``_forwarded``); from any other peer those headers are ignored.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -33,12 +40,13 @@ from ..dialects import Event, Start
 from ..streams import PipeAppConnection, PipeCallLeg
 from ..streams._wsapp import platform_dialect
 from ..transports import WebSocketConnection, WebSocketRequest, serve_websocket
-from ._config import RouteConfig, StreamConfig, WebSocketConfig
+from ._config import AuthConfig, RouteConfig, StreamConfig, WebSocketConfig
+from ._forwarded import Origin, resolve_origin
 
 if TYPE_CHECKING:
     from ._daemon import Daemon
 
-__all__ = ["AcceptConnector", "serve_carrier_websocket", "twilio_signature"]
+__all__ = ["AcceptConnector", "serve_carrier_websocket", "twilio_signature", "twilio_urls"]
 
 logger = logging.getLogger("bridge.daemon.websocket")
 
@@ -57,6 +65,31 @@ def twilio_signature(auth_token: str, url: str, params: dict[str, str] | None = 
     data = url + "".join(k + v for k, v in sorted((params or {}).items()))
     mac = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
     return base64.b64encode(mac).decode()
+
+
+_DEFAULT_PORTS = {"wss": "443", "ws": "80"}
+
+
+def twilio_urls(
+    target: str, host: str, schemes: tuple[str, ...], public_url: str = ""
+) -> list[str]:
+    """The URLs Twilio may have signed for a request to ``target`` (path and query as
+    sent): ``public_url`` + target when the route sets one; else each scheme with the
+    host, with and without the scheme's default port (Twilio's own validators try both:
+    a proxy may add ``:443`` to the Host or drop it)."""
+    if public_url:
+        return [public_url.rstrip("/") + target]
+    urls: list[str] = []
+    for scheme in schemes:
+        name, sep, port = host.rpartition(":")
+        default = _DEFAULT_PORTS[scheme]
+        if sep and port.isdigit() and (not name.startswith("[") or name.endswith("]")):
+            # host:port, or [v6]:port
+            variants = [host, name] if port == default else [host]
+        else:
+            variants = [host, f"{host}:{default}"]
+        urls.extend(f"{scheme}://{h}{target}" for h in variants)
+    return urls
 
 
 def _carrier_app_dialect(carrier: str) -> Any:
@@ -160,10 +193,27 @@ async def serve_carrier_websocket(
         def bad_handshake(peer: str, why: str) -> None:
             daemon.bad_input(LISTENER, "bad_handshake", f"{peer}: {why}")
 
+        def tls_error(peer: str, kind: str, why: str) -> None:
+            daemon.bad_input(LISTENER, kind, f"{peer}: {why}")
+
+        tls = daemon.tls
         bound: list[tuple[str, int]] = await nursery.start(
-            _serve, handler, addr, config, bad_handshake
+            functools.partial(
+                _serve,
+                ssl_context=None if tls is None else tls.current,
+                on_tls_error=tls_error,
+            ),
+            handler,
+            addr,
+            config,
+            bad_handshake,
         )
-        logger.info("WebSocket listening on %s:%d", bound[0][0], bound[0][1])
+        logger.info(
+            "WebSocket listening on %s:%d%s",
+            bound[0][0],
+            bound[0][1],
+            "" if tls is None else f" (TLS, {tls.cert_file})",
+        )
         task_status.started(bound[0])
 
 
@@ -173,6 +223,8 @@ async def _serve(
     config: WebSocketConfig,
     on_bad_handshake: Callable[[str, str], None],
     *,
+    ssl_context: Callable[[], ssl.SSLContext] | None = None,
+    on_tls_error: Callable[[str, str, str], None] | None = None,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     await serve_websocket(
@@ -188,18 +240,52 @@ async def _serve(
         ping_interval_s=20.0,
         ping_timeout_s=20.0,
         on_bad_handshake=on_bad_handshake,
+        ssl_context=ssl_context,
+        tls_handshake_timeout_s=config.tls_handshake_timeout_s,
+        on_tls_error=on_tls_error,
     )
 
 
-def _peer(request: WebSocketRequest) -> str:
-    return f"{request.remote[0]}:{request.remote[1]}"
+def _origin(daemon: Daemon, request: WebSocketRequest) -> Origin:
+    """The client behind the request (``X-Forwarded-*`` from a trusted proxy only)."""
+    return resolve_origin(
+        request.remote,
+        request.headers.raw_items(),
+        daemon.config.websocket.trusted_networks,
+    )
 
 
 def _headers(request: WebSocketRequest) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.raw_items()}
 
 
-def _authorized(route: RouteConfig, request: WebSocketRequest, headers: dict[str, str]) -> str | None:
+def _signed_urls(
+    auth: AuthConfig, request: WebSocketRequest, headers: dict[str, str], origin: Origin, tls: bool
+) -> list[str]:
+    """What Twilio may have signed: the public URL it dialled, as far as it is known.
+
+    Scheme: a trusted proxy's ``X-Forwarded-Proto``; else ``wss`` on a TLS listener;
+    else either (Twilio only dials ``wss://``, so a plain listener is behind something
+    that terminated TLS, or a test that signs ``ws://``). Host: a trusted proxy's
+    ``X-Forwarded-Host``, else the Host header. ``auth.public_url`` replaces both.
+    """
+    if origin.scheme is not None:
+        schemes: tuple[str, ...] = (origin.scheme,)
+    elif tls:
+        schemes = ("wss",)
+    else:
+        schemes = ("wss", "ws")
+    host = origin.host or headers.get("host", "")
+    return twilio_urls(request.target, host, schemes, auth.public_url)
+
+
+def _authorized(
+    route: RouteConfig,
+    request: WebSocketRequest,
+    headers: dict[str, str],
+    origin: Origin,
+    tls: bool,
+) -> str | None:
     """None when the request may use ``route``; else the refusal reason."""
     auth = route.auth
     if auth is None:
@@ -218,14 +304,10 @@ def _authorized(route: RouteConfig, request: WebSocketRequest, headers: dict[str
             return "bad_token"
     if auth.twilio_auth_token:
         given = headers.get("x-twilio-signature", "")
-        host = headers.get("host", "")
-        query = request.query
-        path = request.path + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
-        # Twilio signs the URL it dialled; behind TLS termination that is wss://, and a
-        # plain-ws test setup signs ws://: accept either form of the same URL.
+        # Twilio signs the URL it dialled (a GET: no POST parameters).
         expected = [
-            twilio_signature(auth.twilio_auth_token, f"{scheme}://{host}{path}")
-            for scheme in ("wss", "ws")
+            twilio_signature(auth.twilio_auth_token, url)
+            for url in _signed_urls(auth, request, headers, origin, tls)
         ]
         if not given or not any(hmac.compare_digest(given, e) for e in expected):
             return "bad_signature"
@@ -235,14 +317,15 @@ def _authorized(route: RouteConfig, request: WebSocketRequest, headers: dict[str
 async def _handle_carrier(
     daemon: Daemon, config: WebSocketConfig, request: WebSocketRequest
 ) -> None:
-    peer = _peer(request)
+    origin = _origin(daemon, request)
+    peer = origin.label
     headers = _headers(request)
     route = daemon.match_route(LISTENER, request.path, headers, dict(request.query))
     if route is None or route.carrier is None:
         daemon.refused(LISTENER, "no_route", f"{peer} {request.path}")
         await request.reject(404, _json({"error": "not_found", "message": "no route for this path"}))
         return
-    why = _authorized(route, request, headers)
+    why = _authorized(route, request, headers, origin, config.tls)
     if why is not None:
         daemon.refused(LISTENER, why, f"{peer} {request.path}")
         await request.reject(
@@ -309,7 +392,7 @@ async def _handle_carrier(
 
 
 async def _handle_app(daemon: Daemon, request: WebSocketRequest) -> None:
-    peer = _peer(request)
+    peer = _origin(daemon, request).label
     stream_id = request.path[len(MEDIA_PREFIX) : -len(MEDIA_SUFFIX)]
     slot = daemon.accept_slots.get(stream_id)
     if slot is None:

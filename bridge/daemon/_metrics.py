@@ -96,6 +96,7 @@ class Metrics:
     ticker_lag: Histogram = attrs.field(init=False)
     draining: Gauge = attrs.field(init=False)
     tasks: Gauge = attrs.field(init=False)
+    config_reloads: Counter = attrs.field(init=False)
 
     _frames_up: Counter = attrs.field(init=False, repr=False)
     _frames_down: Counter = attrs.field(init=False, repr=False)
@@ -190,6 +191,13 @@ class Metrics:
             registry=r,
         )
         self.tasks.set_function(trio_task_count)
+        self.config_reloads = Counter(
+            "bridge_config_reloads",
+            "SIGHUP reloads, by result: applied, or rejected (a bad file or TLS certificate; "
+            "the running config stayed).",
+            ("result",),
+            registry=r,
+        )
 
         # Pre-bound children: labels() is the expensive part of an increment.
         self._frames_up = self.frames.labels("call_to_app")

@@ -12,8 +12,20 @@ from bridge.daemon._config import Config, parse_config
 from bridge.daemon._daemon import Daemon
 
 
-def make_config(tmp_path: Path, extra: str = "", *, routes: str | None = None) -> Config:
-    """The embedded default's shape on port 0 everywhere, records in tmp_path."""
+def make_config(
+    tmp_path: Path, extra: str = "", *, routes: str | None = None, websocket: str = ""
+) -> Config:
+    """The embedded default's shape on port 0 everywhere, records in tmp_path;
+    ``websocket``: more ``[websocket]`` keys (TLS, trusted proxies)."""
+    return parse_config(
+        config_text(tmp_path, extra, routes=routes, websocket=websocket), file="test.toml"
+    )
+
+
+def config_text(
+    tmp_path: Path, extra: str = "", *, routes: str | None = None, websocket: str = ""
+) -> str:
+    """The TOML text of :func:`make_config` (for a file a SIGHUP reload re-reads)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     default_routes = """
 [[routes]]
@@ -36,6 +48,7 @@ first_frame_timeout = "1s"
 
 [websocket]
 listen = "127.0.0.1:0"
+{websocket}
 
 [rtp]
 bind = "127.0.0.1"
@@ -51,7 +64,7 @@ max_backoff = "200ms"
 {extra}
 {default_routes if routes is None else routes}
 """
-    return parse_config(text, file="test.toml")
+    return text
 
 
 @pytest.fixture
