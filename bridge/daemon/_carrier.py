@@ -327,7 +327,12 @@ async def _handle_carrier(
         return
     why = _authorized(route, request, headers, origin, config.tls)
     if why is not None:
-        daemon.refused(LISTENER, why, f"{peer} {request.path}")
+        hint = ""
+        if why == "bad_signature" and origin.ignored:
+            # The usual cause behind a proxy: it is not in trusted_proxies, so the URL
+            # it forwarded (the one Twilio signed) was not used.
+            hint = " (X-Forwarded-* headers from a peer not in [websocket] trusted_proxies were ignored)"
+        daemon.refused(LISTENER, why, f"{peer} {request.path}{hint}")
         await request.reject(
             401, _json({"error": "unauthorized", "message": why}), [("WWW-Authenticate", "Bearer")]
         )

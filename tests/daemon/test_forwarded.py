@@ -207,6 +207,7 @@ async def test_signature_over_the_public_url_needs_a_trusted_proxy(
         line = next(r for r in caplog.records if "call refused" in r.getMessage())
         assert "203.0.113.7" not in line.getMessage()
         assert "127.0.0.1:" in line.getMessage()
+        assert "not in [websocket] trusted_proxies were ignored" in line.getMessage()
 
 
 async def test_refusal_via_a_trusted_proxy_names_the_client(
