@@ -1,7 +1,7 @@
 """TLS of the ``[websocket]`` listener: the server's ``ssl.SSLContext``, built from the
 configured files and checked field by field.
 
-Carriers only dial ``wss://`` (Twilio, Telnyx, Plivo, Vonage, Exotel), so the listener
+Carriers dial ``wss://`` (Twilio, Vonage and Exotel accept nothing else), so the listener
 either terminates TLS itself (``tls_cert``/``tls_key``) or sits behind a proxy that does
 (``trusted_proxies``). The same function serves ``bridge check-config``, start-up and
 the SIGHUP reload, so a file that passes the check is one the listener can load, and an
@@ -97,10 +97,12 @@ def load_server_context(
             file=file,
         )
 
-    # Mozilla's "intermediate" profile is what the default context gives on OpenSSL 3:
-    # TLS 1.2+ with forward-secret AEAD suites, no compression, no SSLv2/3.
+    # Mozilla's "intermediate" profile: TLS 1.2+, and for TLS 1.2 only ECDHE key
+    # exchange with AEAD ciphers (the default context also allows CBC suites). TLS 1.3
+    # suites are all AEAD and not affected by set_ciphers. No compression, no SSLv2/3.
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = _MIN_VERSIONS[cfg.tls_min_version]
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL")
     # RFC 5746 renegotiation is a CPU amplification lever for a client and nothing a
     # media stream needs (TLS 1.3 has none at all).
     context.options |= ssl.OP_NO_RENEGOTIATION

@@ -170,6 +170,19 @@ async def test_alpn_and_minimum_version(daemon_at: DaemonAt, certs: ServerCerts)
     )
 
 
+async def test_tls12_offers_aead_suites_only(daemon_at: DaemonAt, certs: ServerCerts) -> None:
+    daemon = await daemon_at(websocket=certs.websocket_keys())
+    gcm, cbc = certs.client_context(), certs.client_context()
+    for context in (gcm, cbc):
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    gcm.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")  # trustme's keys are ECDSA
+    cbc.set_ciphers("ECDHE-ECDSA-AES128-SHA256")
+    with trio.fail_after(10):
+        await _handshake_ok(_wss(daemon), gcm)
+        with pytest.raises(HandshakeError):
+            await _handshake_ok(_wss(daemon), cbc)
+
+
 async def test_plain_ws_to_a_tls_listener_fails_and_is_counted(
     daemon_at: DaemonAt, certs: ServerCerts
 ) -> None:
