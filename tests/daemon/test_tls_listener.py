@@ -5,6 +5,8 @@ deadline, the certificate reload on SIGHUP, and ``check-config`` on the TLS file
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ from bridge.dialects._twilio import TwilioPlatform
 from bridge.transports import open_websocket_client
 
 from .conftest import config_text, make_config
+from .proc import BridgeProcess, write_config
 from .test_app_leg import wait_until
 from .test_carrier_leg import carrier_routes, tone_frame
 from .tlsfiles import ServerCerts, install, issue
@@ -430,3 +433,54 @@ async def test_bridge_call_tls_options(daemon_at: DaemonAt, certs: ServerCerts) 
     with pytest.raises(ValueError, match="--tls-ca"):
         CallOptions(transport="twilio", target=url, tls_ca="/nonexistent/ca.pem").ssl_context()
     assert main(["call", "--transport", "twilio", "--target", url, "--tls-ca", "/nonexistent"]) == 2
+
+
+# ---------------------------------------------------------------------- a real SIGHUP
+
+
+def _tls_handshake_blocking(addr: tuple[str, int], certs: ServerCerts) -> None:
+    """A TLS handshake pinned to ``certs``' CA (raises ssl.SSLError if not trusted)."""
+    with (
+        socket.create_connection(addr, timeout=5) as raw,
+        certs.client_context().wrap_socket(raw, server_hostname=addr[0]) as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "http/1.1"
+
+
+def test_sighup_to_the_process_reloads_the_certificate(tmp_path: Path) -> None:
+    old, new = issue(tmp_path / "tls", "old"), issue(tmp_path / "tls", "new")
+    live = issue(tmp_path / "tls", "live")  # the files the config names
+    install(old, live)
+    config = write_config(tmp_path)
+    config.write_text(
+        config.read_text().replace(
+            '[websocket]\nlisten = ""',
+            f'[websocket]\nlisten = "127.0.0.1:0"\ntls_cert = "{live.cert_file}"\n'
+            f'tls_key = "{live.key_file}"',
+        )
+    )
+    proc = BridgeProcess(config)
+    try:
+        proc.wait_ready()
+        addr = proc.listeners["websocket"]
+        _tls_handshake_blocking(addr, old)
+        with pytest.raises(ssl.SSLError):
+            _tls_handshake_blocking(addr, new)
+
+        install(new, live)
+        proc.proc.send_signal(signal.SIGHUP)
+        proc.wait_for("reload: the WebSocket listener serves")
+        _tls_handshake_blocking(addr, new)
+        with pytest.raises(ssl.SSLError):
+            _tls_handshake_blocking(addr, old)
+
+        live.key_file.write_bytes(old.key_file.read_bytes())  # a key that does not match
+        proc.proc.send_signal(signal.SIGHUP)
+        line = proc.wait_for("reload rejected")
+        assert "websocket.tls_key" in line["msg"] and "does not match" in line["msg"]
+        _tls_handshake_blocking(addr, new)  # the certificate loaded before stays
+
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
