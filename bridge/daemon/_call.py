@@ -3,6 +3,7 @@
 ::
 
     bridge call [--transport audiosocket|twilio|telnyx|plivo|rtp|sln] [--target ...]
+                [--tls-ca FILE | --insecure]
                 [--wav FILE | --tone HZ] [--record OUT.wav] [--duration 10s]
                 [--calls 1] [--rate 10] [--sample-rate 8000] [--codec ...] [--json]
 
@@ -37,6 +38,7 @@ import math
 import os
 import signal
 import socket as stdlib_socket
+import ssl
 import sys
 import time
 import urllib.parse
@@ -170,6 +172,11 @@ class CallOptions:
     """rtp: silent packets sent (paced) before the first frame. bridge latches onto an RTP
     source after ``[rtp] latch_packets`` (4) sequential packets and, as Asterisk's
     strict RTP does, plays none of the probation's packets but the last: these carry it."""
+    tls_ca: str | None = None
+    """``wss://`` targets: trust this PEM CA bundle instead of the system store."""
+    insecure: bool = False
+    """``wss://`` targets: encrypt, but check neither the certificate nor the host name
+    (a test listener with a self-signed certificate)."""
 
     def __attrs_post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -211,7 +218,30 @@ class CallOptions:
             if not self.route:
                 raise ValueError('rtp needs --route (a route with listener = "rtp")')
         elif urllib.parse.urlsplit(target).scheme not in ("ws", "wss"):
-            raise ValueError(f"{self.transport} target {target!r}: expected ws://HOST:PORT/PATH")
+            raise ValueError(
+                f"{self.transport} target {target!r}: expected ws://HOST:PORT/PATH or wss://..."
+            )
+        if self.tls_ca is not None and self.insecure:
+            raise ValueError("give --tls-ca or --insecure, not both")
+        if (self.tls_ca is not None or self.insecure) and not target.startswith("wss://"):
+            raise ValueError(f"--tls-ca and --insecure apply to wss:// targets, not {target!r}")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client context of a ``wss://`` target (None for any other). Raises
+        ``ValueError`` for an unreadable or invalid ``tls_ca``."""
+        if not self.resolved_target.startswith("wss://"):
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or exc
+            raise ValueError(f"--tls-ca {self.tls_ca}: {reason}") from None
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        # A WebSocket upgrade is HTTP/1.1 (RFC 6455 §4.1); bridge's listener offers it.
+        context.set_alpn_protocols(["http/1.1"])
+        return context
 
     @property
     def resolved_target(self) -> str:
@@ -643,6 +673,8 @@ class _Shared:
     watermark: Watermark
     ticker: Ticker
     http: httpx.AsyncClient | None = None
+    #: One client context for every call of a run (loading the CA store costs ms).
+    ssl_context: ssl.SSLContext | None = None
     latency: LatenessHistogram = attrs.field(
         factory=lambda: LatenessHistogram(bucket_ms=0.5, limit_ms=2000.0)
     )
@@ -817,6 +849,7 @@ class Call:
                             # Carriers do not ping their app; keep the far end's view real.
                             ping_interval_s=None,
                             close_timeout_s=_CLOSE_TIMEOUT_S,
+                            ssl_context=self.shared.ssl_context,
                         )
                     )
                 except (TransportError, OSError, ValueError) as exc:
@@ -1061,7 +1094,9 @@ class CallGenerator:
     async def run(self) -> CallReport:
         opts = self.options
         frames = opts.signal_frames()  # before any timing starts: a WAV read is slow
-        shared = _Shared(opts, frames, Watermark(opts.sample_rate), Ticker())
+        shared = _Shared(
+            opts, frames, Watermark(opts.sample_rate), Ticker(), ssl_context=opts.ssl_context()
+        )
         self.shared = shared
         cpu0 = time.process_time()
         self.started_at = start = trio.current_time()
@@ -1326,9 +1361,20 @@ def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--target",
         help=(
             "audiosocket HOST:PORT (127.0.0.1:9092); twilio/telnyx/plivo ws://HOST:PORT/PATH "
-            "(ws://127.0.0.1:8080/<carrier>); rtp: the admin URL (http://127.0.0.1:8081); "
-            "sln ws://127.0.0.1:9000"
+            "or wss://... (ws://127.0.0.1:8080/<carrier>); rtp: the admin URL "
+            "(http://127.0.0.1:8081); sln ws://127.0.0.1:9000"
         ),
+    )
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="wss:// targets: trust this PEM CA bundle instead of the system store",
+    )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="wss:// targets: do not verify the server certificate (self-signed test setups)",
     )
     p.add_argument(
         "--route",
@@ -1444,7 +1490,10 @@ def _main(args: argparse.Namespace) -> int:
             ptime_ms=args.ptime,
             tail_s=args.tail,
             connect_timeout_s=args.connect_timeout,
+            tls_ca=args.tls_ca,
+            insecure=args.insecure,
         )
+        options.ssl_context()  # an unreadable or invalid --tls-ca is a usage error
         if options.wav is not None:
             options.signal_frames()  # a missing or unreadable file is a usage error
         if options.record is not None:

@@ -1,7 +1,8 @@
 """The WebSocket listener: carrier media streams (Twilio, Telnyx, Plivo) and inbound app
 connections (``app.mode = "accept"``).
 
-* Carriers dial ``ws://<listen>/<route path>``. bridge plays the *application* side of
+* Carriers dial ``wss://<listen>/<route path>`` (``[websocket] tls_cert``; or ``ws://``
+  behind a TLS-terminating proxy). bridge plays the *application* side of
   the carrier's protocol: routes are picked by path (and header/query where configured),
   authenticated per route, admitted against ``max_streams`` (HTTP 503 when full), and the
   carrier's ``start`` opens a stream. Marks, clear and DTMF map across to the app leg.
@@ -20,14 +21,20 @@ bytes (``_credentials``): a wrong one, whatever its characters, is a 401 and a c
 handshake, a framing error, a malformed message, no ``start`` in time) exactly one
 ``bridge_bad_input_total{leg="websocket",kind}`` and one line within the daemon's
 bad-peer budget.
+
+Behind a proxy in ``[websocket] trusted_proxies`` the client address in those lines, and
+the URL a Twilio signature is checked against, come from its ``X-Forwarded-*`` headers
+(``_forwarded``); from any other peer those headers are ignored.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -46,14 +53,15 @@ from .._errors import (
 from ..dialects import Event, Start
 from ..streams import PipeAppConnection, PipeCallLeg
 from ..streams._wsapp import platform_dialect
-from ..transports import WebSocketConnection, WebSocketRequest, format_peer, serve_websocket
-from ._config import RouteConfig, StreamConfig, WebSocketConfig
+from ..transports import WebSocketConnection, WebSocketRequest, serve_websocket
+from ._config import AuthConfig, RouteConfig, StreamConfig, WebSocketConfig
 from ._credentials import as_bytes, matches, matches_any
+from ._forwarded import Origin, resolve_origin
 
 if TYPE_CHECKING:
     from ._daemon import Daemon
 
-__all__ = ["AcceptConnector", "serve_carrier_websocket", "twilio_signature"]
+__all__ = ["AcceptConnector", "serve_carrier_websocket", "twilio_signature", "twilio_urls"]
 
 logger = logging.getLogger("bridge.daemon.websocket")
 
@@ -73,6 +81,31 @@ def twilio_signature(auth_token: str, url: str, params: dict[str, str] | None = 
     # as_bytes: the URL holds the Host header as the peer sent it (any byte); never raise.
     mac = hmac.new(as_bytes(auth_token), as_bytes(data), hashlib.sha1).digest()
     return base64.b64encode(mac).decode()
+
+
+_DEFAULT_PORTS = {"wss": "443", "ws": "80"}
+
+
+def twilio_urls(
+    target: str, host: str, schemes: tuple[str, ...], public_url: str = ""
+) -> list[str]:
+    """The URLs Twilio may have signed for a request to ``target`` (path and query as
+    sent): ``public_url`` + target when the route sets one; else each scheme with the
+    host, with and without the scheme's default port (Twilio's own validators try both:
+    a proxy may add ``:443`` to the Host or drop it)."""
+    if public_url:
+        return [public_url.rstrip("/") + target]
+    urls: list[str] = []
+    for scheme in schemes:
+        name, sep, port = host.rpartition(":")
+        default = _DEFAULT_PORTS[scheme]
+        if sep and port.isdigit() and (not name.startswith("[") or name.endswith("]")):
+            # host:port, or [v6]:port
+            variants = [host, name] if port == default else [host]
+        else:
+            variants = [host, f"{host}:{default}"]
+        urls.extend(f"{scheme}://{h}{target}" for h in variants)
+    return urls
 
 
 def _carrier_app_dialect(carrier: str) -> Any:
@@ -180,13 +213,27 @@ async def serve_carrier_websocket(
         def refused(peer: str, reason: str) -> None:
             daemon.admission_refused(LISTENER, reason, peer)
 
+        def tls_error(peer: str, kind: str, why: str) -> None:
+            daemon.bad_input(LISTENER, kind, why, peer=peer)
+
+        tls = daemon.tls
         bound: list[tuple[str, int]] = await nursery.start(
-            _serve, handler, addr, config, bad_handshake, refused
+            functools.partial(
+                _serve,
+                ssl_context=None if tls is None else tls.current,
+                on_tls_error=tls_error,
+            ),
+            handler,
+            addr,
+            config,
+            bad_handshake,
+            refused,
         )
         logger.info(
-            "WebSocket listening on %s:%d (handshakes at most %d, %d per peer)",
+            "WebSocket listening on %s:%d%s (handshakes at most %d, %d per peer)",
             bound[0][0],
             bound[0][1],
+            "" if tls is None else f" (TLS, {tls.cert_file})",
             config.max_handshakes,
             min(config.max_handshakes_per_peer, config.max_handshakes),
         )
@@ -200,6 +247,8 @@ async def _serve(
     on_bad_handshake: Callable[[str, str, str], None],
     on_refused: Callable[[str, str], None],
     *,
+    ssl_context: Callable[[], ssl.SSLContext] | None = None,
+    on_tls_error: Callable[[str, str, str], None] | None = None,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     await serve_websocket(
@@ -217,18 +266,52 @@ async def _serve(
         ping_timeout_s=20.0,
         on_bad_handshake=on_bad_handshake,
         on_refused=on_refused,
+        ssl_context=ssl_context,
+        tls_handshake_timeout_s=config.tls_handshake_timeout_s,
+        on_tls_error=on_tls_error,
     )
 
 
-def _peer(request: WebSocketRequest) -> str:
-    return format_peer(request.remote)
+def _origin(daemon: Daemon, request: WebSocketRequest) -> Origin:
+    """The client behind the request (``X-Forwarded-*`` from a trusted proxy only)."""
+    return resolve_origin(
+        request.remote,
+        request.headers.raw_items(),
+        daemon.config.websocket.trusted_networks,
+    )
 
 
 def _headers(request: WebSocketRequest) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.raw_items()}
 
 
-def _authorized(route: RouteConfig, request: WebSocketRequest, headers: dict[str, str]) -> str | None:
+def _signed_urls(
+    auth: AuthConfig, request: WebSocketRequest, headers: dict[str, str], origin: Origin, tls: bool
+) -> list[str]:
+    """What Twilio may have signed: the public URL it dialled, as far as it is known.
+
+    Scheme: a trusted proxy's ``X-Forwarded-Proto``; else ``wss`` on a TLS listener;
+    else either (Twilio only dials ``wss://``, so a plain listener is behind something
+    that terminated TLS, or a test that signs ``ws://``). Host: a trusted proxy's
+    ``X-Forwarded-Host``, else the Host header. ``auth.public_url`` replaces both.
+    """
+    if origin.scheme is not None:
+        schemes: tuple[str, ...] = (origin.scheme,)
+    elif tls:
+        schemes = ("wss",)
+    else:
+        schemes = ("wss", "ws")
+    host = origin.host or headers.get("host", "")
+    return twilio_urls(request.target, host, schemes, auth.public_url)
+
+
+def _authorized(
+    route: RouteConfig,
+    request: WebSocketRequest,
+    headers: dict[str, str],
+    origin: Origin,
+    tls: bool,
+) -> str | None:
     """None when the request may use ``route``; else the refusal reason."""
     auth = route.auth
     if auth is None:
@@ -248,14 +331,10 @@ def _authorized(route: RouteConfig, request: WebSocketRequest, headers: dict[str
             return "bad_token"
     if auth.twilio_auth_token:
         given = headers.get("x-twilio-signature", "")
-        host = headers.get("host", "")
-        query = request.query
-        path = request.path + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
-        # Twilio signs the URL it dialled; behind TLS termination that is wss://, and a
-        # plain-ws test setup signs ws://: accept either form of the same URL.
+        # Twilio signs the URL it dialled (a GET: no POST parameters).
         expected = [
-            twilio_signature(auth.twilio_auth_token, f"{scheme}://{host}{path}")
-            for scheme in ("wss", "ws")
+            twilio_signature(auth.twilio_auth_token, url)
+            for url in _signed_urls(auth, request, headers, origin, tls)
         ]
         if not given or not matches_any(expected, given):
             return "bad_signature"
@@ -265,16 +344,22 @@ def _authorized(route: RouteConfig, request: WebSocketRequest, headers: dict[str
 async def _handle_carrier(
     daemon: Daemon, config: WebSocketConfig, request: WebSocketRequest
 ) -> None:
-    peer = _peer(request)
+    origin = _origin(daemon, request)
+    peer = origin.label
     headers = _headers(request)
     route = daemon.match_route(LISTENER, request.path, headers, dict(request.query))
     if route is None or route.carrier is None:
         daemon.refused(LISTENER, "no_route", f"{peer} {request.path}")
         await request.reject(404, _json({"error": "not_found", "message": "no route for this path"}))
         return
-    why = _authorized(route, request, headers)
+    why = _authorized(route, request, headers, origin, config.tls)
     if why is not None:
-        daemon.auth_failed(LISTENER, route.name, why, peer, request.path)
+        path = request.path
+        if why == "bad_signature" and origin.ignored:
+            # The usual cause behind a proxy: it is not in trusted_proxies, so the URL
+            # it forwarded (the one Twilio signed) was not used.
+            path += " (X-Forwarded-* headers from a peer not in [websocket] trusted_proxies were ignored)"
+        daemon.auth_failed(LISTENER, route.name, why, peer, path)
         await request.reject(
             401, _json({"error": "unauthorized", "message": why}), [("WWW-Authenticate", "Bearer")]
         )
@@ -364,7 +449,7 @@ async def _handle_carrier(
 
 
 async def _handle_app(daemon: Daemon, request: WebSocketRequest) -> None:
-    peer = _peer(request)
+    peer = _origin(daemon, request).label
     stream_id = request.path[len(MEDIA_PREFIX) : -len(MEDIA_SUFFIX)]
     slot = daemon.accept_slots.get(stream_id)
     if slot is None:

@@ -97,6 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             print(f"error: {args.config}: {exc.strerror or exc}", file=sys.stderr)
             return 2
+        from ._tls import check_tls_files
+
+        try:
+            # Files the config names (the listener's certificate and key) must load too.
+            check_tls_files(config.websocket, file=args.config)
+        except ConfigError as exc:
+            return _config_error(exc, args.config)
         if args.command == "check-config":
             sys.stdout.write(dump_config(config, redact=not args.show_secrets))
             return 0

@@ -49,6 +49,7 @@ __all__ = [
     "SampleRate",
     "StreamConfig",
     "StreamOverrides",
+    "TlsVersion",
     "WebSocketConfig",
     "dump_config",
     "load_config",
@@ -56,6 +57,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_listen",
+    "parse_networks",
 ]
 
 # --------------------------------------------------------------------------- value types
@@ -363,6 +365,38 @@ class AudioSocketConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_on
         return parse_duration(self.first_frame_timeout)
 
 
+TlsVersion: TypeAlias = Literal["1.2", "1.3"]
+IpNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=64)
+def parse_networks(cidrs: tuple[str, ...]) -> tuple[IpNetwork, ...]:
+    """``("10.0.0.0/8", "::1")`` → networks (a bare address is a /32 or /128).
+
+    Strict: host bits set after the prefix (``"10.0.0.1/8"``) are an error, since they
+    usually mean a typo. Raises ValueError naming the entry.
+    """
+    out: list[IpNetwork] = []
+    for i, text in enumerate(cidrs):
+        try:
+            out.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as exc:
+            hint = ""
+            try:
+                hint = f"; did you mean {str(ipaddress.ip_network(text, strict=False))!r}?"
+            except ValueError:
+                hint = '; expected an address or a CIDR block, e.g. "10.0.0.0/8" or "fd00::/8"'
+            raise _FieldError(f"[{i}]", f"{exc}{hint}") from None
+    return tuple(out)
+
+
+def _networks(name: str, value: tuple[str, ...]) -> None:
+    try:
+        parse_networks(value)
+    except _FieldError as exc:
+        raise _FieldError(name + exc.field, exc.message) from None
+
+
 class WebSocketConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[websocket]``: the WebSocket listener (carrier media streams, app connections)."""
 
@@ -377,6 +411,15 @@ class WebSocketConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     #: once; over the total it gets a canned 503.
     max_handshakes: int = 1024
     max_handshakes_per_peer: int = 16
+    #: PEM certificate chain (the server's certificate first) and its private key: the
+    #: listener serves ``wss://``. Both or neither; their contents are checked by
+    #: ``check_tls_files`` (check-config, start, SIGHUP), not here.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_min_version: TlsVersion = "1.2"
+    tls_handshake_timeout: Duration = "5s"
+    #: TCP peers (CIDRs) whose X-Forwarded-For/-Proto/-Host headers are believed.
+    trusted_proxies: tuple[str, ...] = ()
 
     _CHECKS = {
         "listen": _listen,
@@ -384,7 +427,15 @@ class WebSocketConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only
         "max_message_bytes": _int_range(1 * _KIB, 64 * _MIB),
         "max_handshakes": _int_range(1, 1_000_000),
         "max_handshakes_per_peer": _int_range(1, 1_000_000),
+        "tls_handshake_timeout": _duration(positive=True),
+        "trusted_proxies": _networks,
     }
+
+    def _validate(self) -> None:
+        if self.tls_cert and not self.tls_key:
+            raise _FieldError("tls_key", "is required when tls_cert is set (the certificate's private key)")
+        if self.tls_key and not self.tls_cert:
+            raise _FieldError("tls_cert", "is required when tls_key is set (the certificate chain, PEM)")
 
     @property
     def listen_addr(self) -> tuple[str, int] | None:
@@ -393,6 +444,19 @@ class WebSocketConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     @property
     def handshake_timeout_s(self) -> float:
         return parse_duration(self.handshake_timeout)
+
+    @property
+    def tls(self) -> bool:
+        """The listener terminates TLS itself (serves ``wss://``)."""
+        return bool(self.tls_cert)
+
+    @property
+    def tls_handshake_timeout_s(self) -> float:
+        return parse_duration(self.tls_handshake_timeout)
+
+    @property
+    def trusted_networks(self) -> tuple[IpNetwork, ...]:
+        return parse_networks(self.trusted_proxies)
 
 
 _PORTS_RE = re.compile(r"(\d+)-(\d+)")
@@ -823,6 +887,21 @@ class AuthConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True
 
     token: str = ""
     twilio_auth_token: str = ""
+    #: The scheme, host and path prefix under which the carrier reaches this route
+    #: (``"wss://voice.example.com"``): the base of the URL Twilio signed, in place of
+    #: the one bridge reconstructs from the request.
+    public_url: str = ""
+
+    def _validate(self) -> None:
+        if self.public_url:
+            _check_url("public_url", self.public_url, ("wss", "ws"), "wss://voice.example.com")
+            parts = urllib.parse.urlsplit(self.public_url)
+            if parts.query or parts.fragment or self.public_url.endswith("?"):
+                raise _FieldError(
+                    "public_url",
+                    "is a base URL (scheme, host, optional path prefix) without a query or "
+                    f"fragment; the request's own path and query are appended, got {self.public_url!r}",
+                )
 
     _CHECKS = {"token": _credential, "twilio_auth_token": _credential}
 
@@ -858,6 +937,11 @@ class RouteConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
                 raise _FieldError("auth", "only websocket routes authenticate a handshake")
             if self.auth.twilio_auth_token and self.carrier != "twilio":
                 raise _FieldError("auth.twilio_auth_token", 'only applies to carrier = "twilio"')
+            if self.auth.public_url and not self.auth.twilio_auth_token:
+                raise _FieldError(
+                    "auth.public_url",
+                    "is the base of the URL Twilio signs; it needs auth.twilio_auth_token",
+                )
 
 
 # --------------------------------------------------------------------------- the whole file

@@ -43,12 +43,21 @@ from ..streams import (
 from ..streams._wsapp import WsAppConnector
 from ..transports import Poller, raise_open_files_limit, use_poller
 from ._admin import create_admin_app, serve_admin
-from ._config import AppConfig, Config, RouteConfig, StreamConfig, load_config, match_route
+from ._config import (
+    AppConfig,
+    Config,
+    RouteConfig,
+    StreamConfig,
+    WebSocketConfig,
+    load_config,
+    match_route,
+)
 from ._events import StreamEvent, StreamRecord
 from ._logging import BadPeerLog, configure_logging
 from ._metrics import Metrics
 from ._notify import SdNotifier, serve_watchdog
 from ._outbox import EventStore, open_event_store
+from ._tls import ServerTls, load_server_context
 
 __all__ = ["EXIT_LOST", "Daemon", "run_daemon"]
 
@@ -88,6 +97,8 @@ class Daemon:
     resumable_keys: dict[str, tuple[str, str, str]] = attrs.field(factory=dict)
     #: Accept-mode streams waiting for their app to dial in, by stream id.
     accept_slots: dict[str, Any] = attrs.field(factory=dict)
+    #: The WebSocket listener's TLS context when it serves wss:// (SIGHUP swaps it).
+    tls: ServerTls | None = None
     _cancel: trio.CancelScope | None = None
     #: Each live stream's counters as last moved into Prometheus (see _add_samples).
     _sampled: dict[str, tuple[int, int, int, float, int, int]] = attrs.field(factory=dict)
@@ -172,6 +183,10 @@ class Daemon:
         if cfg.websocket.listen_addr is not None:
             from ._carrier import serve_carrier_websocket
 
+            context = load_server_context(cfg.websocket, file=self.config_path)
+            if context is not None:
+                self.tls = ServerTls(context, cfg.websocket.tls_cert)
+
             self.bound["websocket"] = await nursery.start(
                 serve_carrier_websocket, self, cfg.websocket
             )
@@ -252,27 +267,56 @@ class Daemon:
 
     def reload(self) -> bool:
         """SIGHUP: new routes and stream defaults for new calls; live calls keep theirs.
-        A bad file is rejected with a log line and the old config stays."""
+        The WebSocket listener's certificate is re-read and serves new handshakes.
+        A bad file, or a certificate that does not load, is rejected with a log line
+        and the old config (and certificate) stays."""
         if self.config_path is None:
             logger.warning("SIGHUP ignored: running on the embedded default config")
             return False
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
+            # The listener's certificate is re-read even when the file names are the
+            # same (a renewal replaces the files in place). A certificate that does not
+            # load rejects the whole reload, as a bad config file does.
+            context = (
+                load_server_context(new.websocket, file=self.config_path)
+                if self.tls is not None and new.websocket.tls
+                else None
+            )
         except Exception as exc:
             logger.error("reload rejected, keeping the running config: %s", exc)
+            self.metrics.config_reloads.labels("rejected").inc()
             self.notifier.ready(status=self._status())
             return False
         old = self.config
         for section in ("admin", "audiosocket", "websocket", "rtp", "records", "callbacks"):
-            if getattr(old, section) != getattr(new, section):
+            before, after = getattr(old, section), getattr(new, section)
+            if section == "websocket":
+                # The certificate and the trusted proxies apply live (below).
+                before, after = _without_live_keys(before), _without_live_keys(after)
+            if before != after:
                 logger.warning(
                     "reload: [%s] changed; it takes effect on restart (listeners and "
                     "stores are not rebound)",
                     section,
                 )
-        # Only routes, stream defaults and the daemon's stream limit apply live.
-        self.config = _merge_reload(old, new)
+        if (self.tls is not None) != new.websocket.tls:
+            logger.warning(
+                "reload: [websocket] TLS turned %s; it takes effect on restart",
+                "on" if new.websocket.tls else "off",
+            )
+        if self.tls is not None and context is not None:
+            self.tls.swap(context, new.websocket.tls_cert)
+            logger.info(
+                "reload: the WebSocket listener serves %s to new connections "
+                "(live ones keep their session)",
+                new.websocket.tls_cert,
+            )
+        # Only routes, stream defaults, the daemon's stream limit and the live
+        # [websocket] keys apply now.
+        self.config = _merge_reload(old, new, tls=self.tls is not None and context is not None)
+        self.metrics.config_reloads.labels("applied").inc()
         self.manager.max_streams = new.daemon.max_streams
         self.bad_peers.configure(
             new.daemon.bad_input_log_per_interval, new.daemon.bad_input_log_interval_s
@@ -644,11 +688,30 @@ class Daemon:
 _BAD_PEER_REFUSALS = frozenset({"no_route", "unknown_stream"})
 
 
-def _merge_reload(old: Config, new: Config) -> Config:
-    """The running config with the reloadable parts of ``new``."""
+#: [websocket] keys a SIGHUP applies without a restart.
+_LIVE_WEBSOCKET_KEYS = ("tls_cert", "tls_key", "tls_min_version", "trusted_proxies")
+
+
+def _without_live_keys(ws: WebSocketConfig) -> WebSocketConfig:
     import msgspec
 
-    return msgspec.structs.replace(old, routes=new.routes, stream=new.stream, daemon=new.daemon)
+    defaults = WebSocketConfig()
+    return msgspec.structs.replace(ws, **{k: getattr(defaults, k) for k in _LIVE_WEBSOCKET_KEYS})
+
+
+def _merge_reload(old: Config, new: Config, *, tls: bool = False) -> Config:
+    """The running config with the reloadable parts of ``new``: routes, [stream],
+    [daemon], the WebSocket listener's trusted proxies, and its certificate files when
+    ``tls`` (the listener serves TLS and the new files loaded)."""
+    import msgspec
+
+    live = ("trusted_proxies", *(_LIVE_WEBSOCKET_KEYS[:3] if tls else ()))
+    websocket = msgspec.structs.replace(
+        old.websocket, **{k: getattr(new.websocket, k) for k in live}
+    )
+    return msgspec.structs.replace(
+        old, routes=new.routes, stream=new.stream, daemon=new.daemon, websocket=websocket
+    )
 
 
 #: Listener starters of later layers: async fn(daemon, nursery) that bind, register in

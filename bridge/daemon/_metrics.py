@@ -171,6 +171,7 @@ class Metrics:
     ready: Callable[[], bool] | None = attrs.field(init=False, default=None)
     _routes: set[str] = attrs.field(init=False, factory=set, repr=False)
     _setup: dict[str, Histogram] = attrs.field(init=False, repr=False)
+    config_reloads: Counter = attrs.field(init=False)
 
     _frames_up: Counter = attrs.field(init=False, repr=False)
     _frames_down: Counter = attrs.field(init=False, repr=False)
@@ -303,6 +304,13 @@ class Metrics:
         )
         self._setup = {stage: self.setup.labels(stage) for stage in SETUP_STAGES}
         r.register(_DaemonViewCollector(self))
+        self.config_reloads = Counter(
+            "bridge_config_reloads",
+            "SIGHUP reloads, by result: applied, or rejected (a bad file or TLS certificate; "
+            "the running config stayed).",
+            ("result",),
+            registry=r,
+        )
 
         # Pre-bound children: labels() is the expensive part of an increment.
         self._frames_up = self.frames.labels("call_to_app")

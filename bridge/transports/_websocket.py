@@ -1116,11 +1116,17 @@ class _ServerConfig:
     ping_interval_s: float | None
     ping_timeout_s: float | None
     close_timeout_s: float
-    ssl_context: ssl.SSLContext | None
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None
     #: Called with (peer "host:port", kind, what was wrong) for every connection that
     #: sent something and never became a WebSocket, so the owner can log and count bad
     #: peers; kind is ``bad_handshake`` or ``handshake_timeout``. None = a debug line.
     on_bad_handshake: Callable[[str, str, str], None] | None = None
+    #: The TLS handshake's own deadline (None: it shares ``handshake_timeout_s``).
+    tls_handshake_timeout_s: float | None = None
+    #: Called with (peer, kind, why) for a TLS handshake that failed (kind
+    #: ``tls_handshake_failed``) or ran out of time (``tls_handshake_timeout``); None:
+    #: ``on_bad_handshake`` with that kind.
+    on_tls_error: Callable[[str, str, str], None] | None = None
 
 
 @attrs.define(eq=False, repr=False)
@@ -1133,6 +1139,9 @@ class WebSocketRequest:
 
     path: str
     """Request path without the query string."""
+    target: str
+    """The request-target exactly as sent (path and query, still percent-encoded):
+    what a signature over the URL covers."""
     query: dict[str, str]
     """Parsed query string (the last value wins for a repeated name)."""
     headers: Headers
@@ -1351,12 +1360,13 @@ async def _serve_connection(
         request: Request | None = None
         queued: list[bytes] = []
         received = [0]
+        if config.ssl_context is not None:
+            tls = await _tls_handshake(config, tcp_stream, remote)
+            if tls is None:
+                return
+            stream = tls
         with trio.move_on_at(deadline) as handshake_scope:
             try:
-                if config.ssl_context is not None:
-                    tls = trio.SSLStream(tcp_stream, config.ssl_context, server_side=True)
-                    stream = tls
-                    await tls.do_handshake()
                 request = await _read_request(stream, protocol, received)
                 queued = protocol.data_to_send() if request is None else []
                 if any(queued):
@@ -1418,6 +1428,7 @@ async def _serve_connection(
         async with trio.open_nursery() as nursery:
             ws_request = WebSocketRequest(
                 path=path,
+                target=request.path,
                 query=dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True)),
                 headers=request.headers,
                 remote=remote,
@@ -1442,6 +1453,48 @@ async def _serve_connection(
     finally:
         pending.release()
         await trio.aclose_forcefully(stream)
+
+
+async def _tls_handshake(
+    config: _ServerConfig, tcp_stream: trio.SocketStream, remote: tuple[str, int]
+) -> trio.SSLStream[trio.SocketStream] | None:
+    """The server side of the TLS handshake, bounded; None (reported) if it failed.
+
+    The context is looked up per connection, so a reloaded certificate (SIGHUP) serves
+    every handshake from then on while live connections keep theirs. A peer that opens
+    TCP and never finishes the handshake holds its pending slot until
+    ``tls_handshake_timeout_s``, then is dropped and reported.
+    """
+    source = config.ssl_context
+    assert source is not None
+    context = source if isinstance(source, ssl.SSLContext) else source()
+    tls = trio.SSLStream(tcp_stream, context, server_side=True)
+    deadline_s = config.tls_handshake_timeout_s or config.handshake_timeout_s
+    with trio.move_on_after(deadline_s) as scope:
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # Plain HTTP on the TLS port, no shared version or cipher, a client that
+            # rejects our certificate, or a TCP connect-and-close (a port probe).
+            cause = exc.__cause__ or exc
+            _tls_failed(config, remote, "tls_handshake_failed", f"TLS handshake failed: {cause}")
+            return None
+    if scope.cancelled_caught:
+        _tls_failed(
+            config, remote, "tls_handshake_timeout", f"no TLS handshake within {deadline_s:g}s"
+        )
+        return None
+    return tls
+
+
+def _tls_failed(config: _ServerConfig, remote: tuple[str, int], kind: str, why: str) -> None:
+    if config.on_tls_error is None:
+        _bad_handshake(config, remote, kind, why)
+        return
+    try:
+        config.on_tls_error(format_peer(remote), kind, why)
+    except Exception:
+        logger.exception("on_tls_error failed")
 
 
 def _nothing_sent(remote: tuple[str, int], why: str) -> None:
@@ -1499,8 +1552,10 @@ async def serve_websocket(
     close_timeout_s: float = 2.0,
     reuse_port: bool = False,
     listeners: Sequence[trio.SocketListener] | None = None,
-    ssl_context: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
+    tls_handshake_timeout_s: float | None = None,
     on_bad_handshake: Callable[[str, str, str], None] | None = None,
+    on_tls_error: Callable[[str, str, str], None] | None = None,
     on_refused: Callable[[str, Refusal], None] | None = None,
 ) -> NoReturn:
     """Serve WebSocket connections forever; ``await handler(request)`` for each.
@@ -1517,7 +1572,11 @@ async def serve_websocket(
     server. ``task_status.started`` reports the bound ``(host, port)`` list (bind port
     0 and read it back). ``listeners`` replaces ``host``/``port``/``reuse_port`` with
     listeners opened by the caller (the server owns and closes them); ``ssl_context``
-    serves ``wss://``. ``on_bad_handshake(peer, kind, why)`` is called for every
+    serves ``wss://``: a context, or a function returning the current one, called for
+    every new connection (certificate reload). The TLS handshake is bounded by
+    ``tls_handshake_timeout_s`` (default: ``handshake_timeout_s``) and reported through
+    ``on_tls_error(peer, kind, why)`` when it fails (default: ``on_bad_handshake``).
+    ``on_bad_handshake(peer, kind, why)`` is called for every
     connection that sent something and never became a WebSocket (garbage, slowloris, a
     plain HTTP request); ``kind`` is ``bad_handshake`` or ``handshake_timeout``. A
     connection that closes without sending a byte (a TCP health check) is not reported.
@@ -1542,6 +1601,8 @@ async def serve_websocket(
         close_timeout_s=close_timeout_s,
         ssl_context=ssl_context,
         on_bad_handshake=on_bad_handshake,
+        tls_handshake_timeout_s=tls_handshake_timeout_s,
+        on_tls_error=on_tls_error,
     )
     per_peer = max_handshakes if max_handshakes_per_peer is None else max_handshakes_per_peer
     admission = Admission(max_handshakes, min(per_peer, max_handshakes))

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench import chaos, headline, scaling, soak
+from bench import chaos, headline, scaling, soak, tls_cost
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +47,22 @@ def test_headline_bridge_and_baseline(tmp_path: Path) -> None:
         assert key in doc["result"]
     png = headline.plot_results(doc, tmp_path / "headline.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tls_cost_plain_and_tls_side_by_side() -> None:
+    doc = tls_cost.run(
+        n=3, rounds=1, window_s=0.5, settle_s=0.3, margin_s=1.0, retries=0, pin=False, save=False,
+        verbose=False,
+    )  # fmt: skip
+    assert doc["result"]["all_ok"], doc["points"]
+    for variant in ("plain", "tls"):
+        (point,) = doc["points"][variant]
+        assert point["calls_ok"] == 3 and point["lost"] == 0
+        assert point["call_frames_in_window"] > 0
+        assert isinstance(point["cpu_us_per_call_frame"], (int, float))
+    assert isinstance(doc["result"]["tls_over_plain"], float)
+    transport = tls_cost.transport(count=200, rounds=1, verbose=False)
+    assert transport["plain_us_per_round_trip"] > 0 and transport["tls_us_per_round_trip"] > 0
 
 
 def test_scaling_two_processes_share_the_port() -> None:

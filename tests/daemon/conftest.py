@@ -15,15 +15,38 @@ from bridge.daemon._daemon import Daemon
 
 
 def make_config(
-    tmp_path: Path, extra: str = "", *, routes: str | None = None, trim_latency: bool = False
+    tmp_path: Path,
+    extra: str = "",
+    *,
+    routes: str | None = None,
+    websocket: str = "",
+    trim_latency: bool = False,
 ) -> Config:
-    """The embedded default's shape on port 0 everywhere, records in tmp_path.
+    """The embedded default's shape on port 0 everywhere, records in tmp_path;
+    ``websocket``: more ``[websocket]`` keys (TLS, trusted proxies).
 
     Playout trimming is off unless asked for: these tests check that every frame is
     delivered once and in order through the legs and dialects, and on a loaded machine
     a scheduler hiccup makes a standing frame that trimming would (rightly) drop. The
     trimming itself is tested frame by frame (tests/media/test_playout_policy.py), on
     the mock clock (tests/streams) and end to end (tests/bench/test_quality_slice.py)."""
+    return parse_config(
+        config_text(
+            tmp_path, extra, routes=routes, websocket=websocket, trim_latency=trim_latency
+        ),
+        file="test.toml",
+    )
+
+
+def config_text(
+    tmp_path: Path,
+    extra: str = "",
+    *,
+    routes: str | None = None,
+    websocket: str = "",
+    trim_latency: bool = False,
+) -> str:
+    """The TOML text of :func:`make_config` (for a file a SIGHUP reload re-reads)."""
     trim = f"trim_latency = {'true' if trim_latency else 'false'}"
     if "[stream]" in extra:
         extra = extra.replace("[stream]", f"[stream]\n{trim}", 1)
@@ -51,6 +74,7 @@ first_frame_timeout = "1s"
 
 [websocket]
 listen = "127.0.0.1:0"
+{websocket}
 
 [rtp]
 bind = "127.0.0.1"
@@ -66,7 +90,7 @@ max_backoff = "200ms"
 {extra}
 {default_routes if routes is None else routes}
 """
-    return parse_config(text, file="test.toml")
+    return text
 
 
 @pytest.fixture

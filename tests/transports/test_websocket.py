@@ -6,11 +6,13 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import struct
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from bridge import (
     ConnectionClosed,
@@ -934,6 +936,84 @@ async def test_wss_with_wrong_ca_fails(start_server: StartServer, pki: Pki) -> N
         async with open_websocket_client(f"wss://127.0.0.1:{port}/", ca_file=pki.other_ca_file):
             pass  # pragma: no cover
     assert "certificate verify failed" in str(info.value)
+
+
+def _trustme_pair() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context pinned to its CA) from a fresh trustme CA."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+async def test_tls_context_is_looked_up_per_connection(start_server: StartServer) -> None:
+    (server_a, client_a), (server_b, client_b) = _trustme_pair(), _trustme_pair()
+    current = [server_a]
+    port = await start_server(echo_handler, ssl_context=lambda: current[0])
+    with trio.fail_after(10):
+        async with open_websocket_client(f"wss://127.0.0.1:{port}/", ssl_context=client_a) as old:
+            await old.send("before")
+            assert await old.receive() == "before"
+            current[0] = server_b  # a certificate reload
+            async with open_websocket_client(
+                f"wss://127.0.0.1:{port}/", ssl_context=client_b
+            ) as new:
+                await new.send("after")
+                assert await new.receive() == "after"
+            # The connection made before the swap is untouched.
+            await old.send("still")
+            assert await old.receive() == "still"
+        with pytest.raises(HandshakeError, match="certificate verify failed"):
+            async with open_websocket_client(f"wss://127.0.0.1:{port}/", ssl_context=client_a):
+                pass  # pragma: no cover
+
+
+async def test_tls_handshake_deadline_and_failures_are_reported(
+    start_server: StartServer,
+) -> None:
+    server, client = _trustme_pair()
+    reports: list[tuple[str, str]] = []
+    port = await start_server(
+        echo_handler,
+        ssl_context=server,
+        handshake_timeout_s=30.0,  # the TLS deadline is its own
+        tls_handshake_timeout_s=0.2,
+        on_tls_error=lambda peer, kind, why: reports.append((kind, why)),
+    )
+    with trio.fail_after(10):
+        silent = await trio.open_tcp_stream("127.0.0.1", port)
+        with contextlib.suppress(trio.BrokenResourceError):
+            assert await silent.receive_some(1) == b""  # dropped at the deadline
+        await silent.aclose()
+        plain = await trio.open_tcp_stream("127.0.0.1", port)
+        await plain.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with contextlib.suppress(trio.BrokenResourceError):
+            await plain.receive_some(100)
+        await plain.aclose()
+        while len(reports) < 2:
+            await trio.sleep(0.01)
+        async with open_websocket_client(f"wss://127.0.0.1:{port}/", ssl_context=client) as ws:
+            await ws.send("ok")
+            assert await ws.receive() == "ok"
+    assert reports[0] == ("tls_handshake_timeout", "no TLS handshake within 0.2s")
+    assert reports[1][0] == "tls_handshake_failed" and "TLS handshake failed" in reports[1][1]
+    assert len(reports) == 2
+
+
+async def test_request_target_is_the_raw_request_line(start_server: StartServer) -> None:
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        seen.append((request.path, request.target, request.query))
+        await request.reject(404)
+
+    port = await start_server(handler)
+    with trio.fail_after(5), pytest.raises(HandshakeRejected):
+        async with open_websocket_client(f"ws://127.0.0.1:{port}/a%20b?x=1%2F2&y"):
+            pass  # pragma: no cover
+    assert seen == [("/a%20b", "/a%20b?x=1%2F2&y", {"x": "1/2", "y": ""})]
 
 
 # ------------------------------------------------------------------------- leaks
