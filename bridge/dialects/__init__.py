@@ -16,6 +16,7 @@ from ._events import (
     Drained,
     Dtmf,
     Event,
+    FlowControl,
     Hangup,
     Mark,
     Message,
@@ -27,6 +28,7 @@ from ._events import (
 from ._plivo import PlivoApp, PlivoPlatform
 from ._rtp import RtpApp, RtpPlatform, RtpSession
 from ._sln import DTMF_DIGITS, SlnApp, SlnPlatform, decode_control, encode_control
+from ._spec import Capabilities, ChunkRule, DialectSpec, WireFormat
 from ._telnyx import TelnyxApp, TelnyxError, TelnyxPlatform
 from ._twilio import TwilioApp, TwilioPlatform
 
@@ -38,13 +40,17 @@ __all__ = [
     "AudioSocketPlatform",
     "AudioSocketWsApp",
     "AudioSocketWsPlatform",
+    "Capabilities",
     "CarrierStats",
+    "ChunkRule",
     "Clear",
     "Cleared",
     "Connected",
+    "DialectSpec",
     "Drained",
     "Dtmf",
     "Event",
+    "FlowControl",
     "Hangup",
     "Mark",
     "Message",
@@ -66,6 +72,7 @@ __all__ = [
     "TelnyxPlatform",
     "TwilioApp",
     "TwilioPlatform",
+    "WireFormat",
     "audio_kind",
     "decode_control",
     "encode_control",
