@@ -5,6 +5,7 @@ the *platform* side, which owns the call, and the *app* side. See ``_events`` fo
 contract and PROTOCOLS.md for the wire facts.
 """
 
+from ._asterisk_ws import AsteriskWsApp, AsteriskWsPlatform
 from ._audiosocket import HANGUP_FRAME, AudioSocketApp, AudioSocketPlatform, audio_kind
 from ._carrier import CarrierStats
 from ._encapsulated import AudioSocketWsApp, AudioSocketWsPlatform, RtpWsApp, RtpWsPlatform
@@ -35,6 +36,8 @@ from ._twilio import TwilioApp, TwilioPlatform
 __all__ = [
     "DTMF_DIGITS",
     "HANGUP_FRAME",
+    "AsteriskWsApp",
+    "AsteriskWsPlatform",
     "Audio",
     "AudioSocketApp",
     "AudioSocketPlatform",
