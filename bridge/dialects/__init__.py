@@ -32,6 +32,7 @@ from ._sln import DTMF_DIGITS, SlnApp, SlnPlatform, decode_control, encode_contr
 from ._spec import Capabilities, ChunkRule, DialectSpec, WireFormat
 from ._telnyx import TelnyxApp, TelnyxError, TelnyxPlatform
 from ._twilio import TwilioApp, TwilioPlatform
+from ._vonage import VonageApp, VonagePlatform
 
 __all__ = [
     "DTMF_DIGITS",
@@ -75,6 +76,8 @@ __all__ = [
     "TelnyxPlatform",
     "TwilioApp",
     "TwilioPlatform",
+    "VonageApp",
+    "VonagePlatform",
     "WireFormat",
     "audio_kind",
     "decode_control",
