@@ -26,6 +26,7 @@ from ._events import (
     StatsRequest,
     Stop,
 )
+from ._exotel import ExotelApp, ExotelPlatform
 from ._plivo import PlivoApp, PlivoPlatform
 from ._rtp import RtpApp, RtpPlatform, RtpSession
 from ._sln import DTMF_DIGITS, SlnApp, SlnPlatform, decode_control, encode_control
@@ -54,6 +55,8 @@ __all__ = [
     "Drained",
     "Dtmf",
     "Event",
+    "ExotelApp",
+    "ExotelPlatform",
     "FlowControl",
     "Hangup",
     "Mark",
