@@ -2,9 +2,11 @@
 
 Sources: [AST] ``asterisk/asterisk`` ``channels/chan_websocket.c`` (event and command
 formats, the queue, marks, flush) and ``main/codec_builtin.c`` (format names, frame
-sizes); [LIVE] PROTOCOLS.md §3 "Observed live against Asterisk 22.10.1". The driver
-exists since 20.16.0/21.11.0/22.6.0/23.0.0; JSON control messages and ``MARK_MEDIA``
-since 20.18.0/22.8.0/23.2.0 [AST tags].
+sizes); [AST-DOC] ``asterisk/documentation`` ``docs/Configuration/Channel-Drivers/
+WebSocket.md`` (= docs.asterisk.org), as summed up in PROTOCOLS.md §3; [LIVE] PROTOCOLS.md
+§3 "Observed live against Asterisk 22.10.1". The driver exists since
+20.16.0/21.11.0/22.6.0/23.0.0; JSON control messages and ``MARK_MEDIA`` since
+20.18.0/22.8.0/23.2.0 (``git tag --contains`` on [AST], PROTOCOLS.md §3).
 
 Wire
 ----
