@@ -5,6 +5,7 @@ the *platform* side, which owns the call, and the *app* side. See ``_events`` fo
 contract and PROTOCOLS.md for the wire facts.
 """
 
+from ._asterisk_ws import AsteriskWsApp, AsteriskWsPlatform
 from ._audiosocket import HANGUP_FRAME, AudioSocketApp, AudioSocketPlatform, audio_kind
 from ._carrier import CarrierStats
 from ._encapsulated import AudioSocketWsApp, AudioSocketWsPlatform, RtpWsApp, RtpWsPlatform
@@ -16,6 +17,7 @@ from ._events import (
     Drained,
     Dtmf,
     Event,
+    FlowControl,
     Hangup,
     Mark,
     Message,
@@ -25,27 +27,38 @@ from ._events import (
     Stop,
     mark_text,
 )
+from ._exotel import ExotelApp, ExotelPlatform
 from ._plivo import PlivoApp, PlivoPlatform
 from ._rtp import RtpApp, RtpPlatform, RtpSession
 from ._sln import DTMF_DIGITS, SlnApp, SlnPlatform, decode_control, encode_control
+from ._spec import Capabilities, ChunkRule, DialectSpec, WireFormat
 from ._telnyx import TelnyxApp, TelnyxError, TelnyxPlatform
 from ._twilio import TwilioApp, TwilioPlatform
+from ._vonage import VonageApp, VonagePlatform
 
 __all__ = [
     "DTMF_DIGITS",
     "HANGUP_FRAME",
+    "AsteriskWsApp",
+    "AsteriskWsPlatform",
     "Audio",
     "AudioSocketApp",
     "AudioSocketPlatform",
     "AudioSocketWsApp",
     "AudioSocketWsPlatform",
+    "Capabilities",
     "CarrierStats",
+    "ChunkRule",
     "Clear",
     "Cleared",
     "Connected",
+    "DialectSpec",
     "Drained",
     "Dtmf",
     "Event",
+    "ExotelApp",
+    "ExotelPlatform",
+    "FlowControl",
     "Hangup",
     "Mark",
     "Message",
@@ -67,6 +80,9 @@ __all__ = [
     "TelnyxPlatform",
     "TwilioApp",
     "TwilioPlatform",
+    "VonageApp",
+    "VonagePlatform",
+    "WireFormat",
     "audio_kind",
     "decode_control",
     "encode_control",

@@ -11,6 +11,13 @@ h11 and wsproto:
   an empty list when the wire has no way to say it).
 * ``send_audio(pcm) -> Message`` is the per-frame fast path of ``send(Audio(...))``.
 
+Some wires cannot report everything the engine needs: Asterisk ``chan_websocket``
+drops pending marks on ``FLUSH_MEDIA`` without a word, and Vonage and Exotel do not
+document what happens to theirs on a clear. The app roles of those dialects settle such
+marks themselves and expose ``take_events() -> list[Event]``: the events owed that no
+wire message carries (the settled ``Mark`` echoes, and ``Cleared`` where the wire has no
+acknowledgement). Call it after ``send()``; it returns ``[]`` when nothing is owed.
+
 Roles: the *platform* role owns the call (Asterisk, Twilio, a test caller) and sends
 ``Start`` and ``Audio``; the *app* role receives them and sends ``Audio``, ``Mark``,
 ``Clear``. The same classes serve the call leg, the app leg and ``bridge call``.
@@ -34,6 +41,7 @@ __all__ = [
     "Drained",
     "Dtmf",
     "Event",
+    "FlowControl",
     "Hangup",
     "Mark",
     "MarkName",
@@ -146,6 +154,21 @@ class Drained:
 
 
 @attrs.frozen(slots=True)
+class FlowControl:
+    """Platform -> app: the far side's playback queue is full (``paused``) or has room again.
+
+    Asterisk ``chan_websocket`` sends ``MEDIA_XOFF`` when its queue of the app's frames
+    reaches 900 (18 s at 20 ms) and ``MEDIA_XON`` when it is back under 800; at 1000 it
+    discards whole binary messages. An engine that obeys stops sending audio ahead
+    (keeping it queued on its side, where ``Clear`` can still reach it) while
+    ``paused``, and resumes on ``FlowControl(paused=False)``. Nothing is lost by
+    obeying late: the far side keeps playing what it holds.
+    """
+
+    paused: bool
+
+
+@attrs.frozen(slots=True)
 class StatsRequest:
     """App → platform: ask for a ``Stats`` answer (sln ``{"event":"stats"}``)."""
 
@@ -173,4 +196,18 @@ class Stop:
     reason: str | None = None
 
 
-Event = Connected | Start | Audio | Dtmf | Mark | Clear | Cleared | Drained | StatsRequest | Stats | Hangup | Stop
+Event = (
+    Connected
+    | Start
+    | Audio
+    | Dtmf
+    | Mark
+    | Clear
+    | Cleared
+    | Drained
+    | FlowControl
+    | StatsRequest
+    | Stats
+    | Hangup
+    | Stop
+)
