@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -322,6 +324,25 @@ class ClusterNode:
                     await trio.sleep(1.0)
             logger.info("dead cluster node %s cleaned up", dead, extra={"dead": dead})
             nursery.cancel_scope.cancel()
+
+
+def _advertise(bound: tuple[str, int], redis_url: str) -> str:
+    """Where other processes reach this one when ``advertise`` is not configured: the
+    bound address, or, for a wildcard listen (a pod), the local address this process
+    uses to reach Redis (no packet is sent: a UDP connect only picks the route)."""
+    host, port = bound
+    if host not in ("0.0.0.0", "::", ""):
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    parsed = urllib.parse.urlsplit(redis_url)
+    target = parsed.hostname or "127.0.0.1"
+    try:
+        family = socket.AF_INET6 if ":" in target else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, parsed.port or 6379))
+            local = str(probe.getsockname()[0])
+    except OSError:
+        local = socket.gethostbyname(socket.gethostname())
+    return f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
 
 
 def _fields(struct: Any) -> dict[str, Any]:
