@@ -461,7 +461,7 @@ async def scenario_sigkill(wd: Path, calls: int = 60) -> dict[str, Any]:
     conflicting = 0
     for req in rx.requests:
         if req.status is not None and req.status < 300:
-            body = req.json()
+            body = req.json
             prev = by_id.setdefault(body["event_id"], body)
             conflicting += prev != body
     survivors_lost = sum(c.lost() for c in active if c.call_id not in killed_calls)
