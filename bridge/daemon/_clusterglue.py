@@ -267,9 +267,16 @@ async def carrier_connected(
     try:
         found = await node.lookup_resume(route.name, start.call_id, start.stream_id)
     except ClusterUnavailable as exc:
-        # Cannot tell where (or whether) the call's stream lives: as for an orphan.
-        logger.warning("re-dial lookup failed: %s", exc, extra={"call_id": start.call_id})
-        return await _orphan_policy(daemon, route, ws, start, peer, "registry_unavailable")
+        # Redis is down: a new call and a re-dial look the same, and new calls must go
+        # on. A re-dial of another process's stream becomes a new stream here (counted
+        # in bridge_cluster_lookups_failed_total); its old stream ends with its window.
+        logger.warning(
+            "registry unavailable: carrier connection handled here as a new call: %s",
+            exc,
+            extra={"call_id": start.call_id, "peer": peer},
+        )
+        ws.stop_recording()
+        return False
     if found is None or found.ended or found.owner == node.node_id:
         ws.stop_recording()
         return False
