@@ -631,12 +631,13 @@ async def _load(port: int, calls: int, seconds: float) -> list[Call]:
     return active
 
 
-async def scenario_cost(wd: Path, calls: int = 100, window_s: float = 15.0, rounds: int = 2) -> dict[str, Any]:
+async def scenario_cost(wd: Path, calls: int = 100, window_s: float = 15.0, rounds: int = 4) -> dict[str, Any]:
     echo, echo_url = await thread(lambda: P.echo_server("echo", wd))
     per_frame: dict[str, list[float]] = {"off": [], "on": []}
     try:
         for r in range(rounds):
-            for mode in ("off", "on"):
+            # Alternate which goes first: the machine's other load drifts.
+            for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
                 sub = wd / f"cost-{mode}-{r}"
                 sub.mkdir()
                 rig = await thread(lambda sub=sub, mode=mode: Rig(sub, 1, routes=_echo_route(echo_url, None), cluster=mode == "on"))  # type: ignore[misc]

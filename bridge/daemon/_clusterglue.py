@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from .. import cluster as _cluster
 from .._errors import (
     ClusterUnavailable,
     ConnectionClosed,
@@ -44,7 +43,11 @@ from ._credentials import as_bytes, matches
 from ._events import StreamEvent, parse_iso_utc, sign
 
 if TYPE_CHECKING:
+    from .. import cluster as _cluster
     from ._daemon import Daemon
+
+# bridge.cluster (and with it the Redis client) is imported by the functions that need
+# it, on first use: a single process never loads it.
 
 __all__ = [
     "admin_backend",
@@ -66,6 +69,8 @@ _RESUME_GRACE_S = 1.0
 
 
 def cluster_settings(config: Config) -> _cluster.ClusterSettings:
+    from .. import cluster as _cluster
+
     c = config.cluster
     cb = config.callbacks
     listen = c.listen_addr
@@ -92,6 +97,8 @@ def cluster_settings(config: Config) -> _cluster.ClusterSettings:
 
 
 def event_doc(ev: StreamEvent) -> _cluster.EventDoc:
+    from .. import cluster as _cluster
+
     return _cluster.EventDoc(
         event_id=ev.event_id,
         stream_id=ev.stream_id,
@@ -183,6 +190,8 @@ async def serve_cluster(
     daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Join the cluster (a task of the daemon nursery); ``daemon.cluster`` meanwhile."""
+    from .. import cluster as _cluster
+
     settings = cluster_settings(daemon.config)
 
     async def adopt_here(
@@ -211,7 +220,11 @@ async def serve_cluster(
 def admin_backend(daemon: Daemon) -> Any:
     """The admin API's backend: cluster-wide in cluster mode."""
     node = daemon.cluster
-    return daemon if node is None else _cluster.ClusterBackend(daemon, node)
+    if node is None:
+        return daemon
+    from .. import cluster as _cluster
+
+    return _cluster.ClusterBackend(daemon, node)
 
 
 def stream_started(daemon: Daemon, stream: Any, route: RouteConfig, listener: str) -> None:
@@ -236,6 +249,8 @@ def stream_started(daemon: Daemon, stream: Any, route: RouteConfig, listener: st
 def _handoff_of(
     kind: str, stream_id: str, route: str, request: WebSocketRequest
 ) -> _cluster.Handoff:
+    from .. import cluster as _cluster
+
     return _cluster.Handoff(
         kind=kind,  # type: ignore[arg-type]
         stream_id=stream_id,
