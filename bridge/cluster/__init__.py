@@ -17,17 +17,28 @@ Nothing on the per-frame path touches Redis: registrations happen at stream star
 end, lookups at connection setup, and events are queued in memory and written by a task.
 docs/cluster.md is the operator's guide.
 
-Hook points in the daemon (``bridge/daemon``; the glue is ``daemon/_clusterglue.py``,
-which is the only module that imports both sides)::
+Hook points in the daemon (``bridge/daemon``; each a few lines, each a no-op while
+``daemon.cluster`` is None; the glue is ``daemon/_clusterglue.py``, the only module that
+imports both sides, and it imports this package only in cluster mode)::
 
-    _daemon.Daemon.serve           opens the node: ``open_cluster_node`` (via the glue)
-    _daemon.Daemon.start_stream    node.stream_started(...)            (registry)
-    _daemon.Daemon.stream_closed   node.stream_ended(stream_id)        (registry)
-    _daemon.Daemon.stream_event    node.emit(doc) instead of the outbox (events)
-    _carrier._handle_carrier       glue.route_carrier(...) when the resume key is not
-                                   local; node.set_resume(...) after a new stream
-    _carrier._handle_app           glue.route_app(...) when the stream id is not local
-    _daemon.Daemon._start_listeners  the admin API gets ``ClusterBackend(daemon, node)``
+    _daemon.Daemon.serve            after manager.serve, before _start_listeners:
+                                    nursery.start(_clusterglue.serve_cluster, self)
+                                    (sets daemon.cluster for the nursery's life)
+    _daemon.Daemon._start_listeners create_admin_app(_clusterglue.admin_backend(self), ...)
+    _daemon.Daemon.start_stream     after manager.start: _clusterglue.stream_started(...)
+    _daemon.Daemon.stream_event     events with a callback_url: _clusterglue.emit(self, ev)
+                                    instead of store.emit(ev)
+    _daemon.Daemon.stream_closed    daemon.cluster.stream_ended(stream_id)
+    _carrier._handle_carrier        after request.accept(): ws.record_input();
+                                    after the start, before resuming locally:
+                                    await _clusterglue.carrier_connected(...) -> return
+                                    after a new stream: daemon.cluster.set_resume(id, *key)
+    _carrier._handle_app            slot is None: await _clusterglue.app_connecting(...)
+                                    -> return
+
+and in the transport (``transports/_websocket.py``): ``WebSocketConnection.record_input``,
+``stop_recording``, ``detach`` and ``adopt_websocket_server`` (a server connection
+continued in another process).
 """
 
 from ._backend import ClusterBackend
