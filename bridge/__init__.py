@@ -2,10 +2,13 @@
 
 from ._errors import (
     BridgeError,
+    ClusterError,
+    ClusterUnavailable,
     ConfigError,
     ConnectionClosed,
     DialectError,
     FramingError,
+    HandoffFailed,
     HandshakeError,
     HandshakeRejected,
     MessageTooBig,
@@ -21,10 +24,13 @@ from ._version import __version__
 
 __all__ = [
     "BridgeError",
+    "ClusterError",
+    "ClusterUnavailable",
     "ConfigError",
     "ConnectionClosed",
     "DialectError",
     "FramingError",
+    "HandoffFailed",
     "HandshakeError",
     "HandshakeRejected",
     "MessageTooBig",

@@ -16,7 +16,10 @@ The tree (httpx style)::
     ├── StreamError                 the stream engine could not do what was asked
     │   ├── StreamRefused           a new stream was refused (reason: max_streams, draining, no_route, ...)
     │   └── StreamNotFound          no live or recorded stream has that id
-    └── OutboxError                 the durable event outbox could not be read or written
+    ├── OutboxError                 the durable event outbox could not be read or written
+    └── ClusterError                cluster mode (bridge.cluster) could not do what was asked
+        ├── ClusterUnavailable      Redis cannot be reached (or answered with an error)
+        └── HandoffFailed           a connection could not be carried to its owner process
 
 Media code (``bridge.media``) is below this module in the layering and raises
 plain ``ValueError`` for bad arguments; dialects wrap what they see from the wire
@@ -27,10 +30,13 @@ from __future__ import annotations
 
 __all__ = [
     "BridgeError",
+    "ClusterError",
+    "ClusterUnavailable",
     "ConfigError",
     "ConnectionClosed",
     "DialectError",
     "FramingError",
+    "HandoffFailed",
     "HandshakeError",
     "HandshakeRejected",
     "MessageTooBig",
@@ -155,3 +161,17 @@ class StreamNotFound(StreamError):
 
 class OutboxError(BridgeError):
     """The durable event outbox could not be read or written."""
+
+
+class ClusterError(BridgeError):
+    """Cluster mode could not do what was asked."""
+
+
+class ClusterUnavailable(ClusterError):
+    """Redis cannot be reached, or answered with an error: the registry and the event
+    stream are unavailable until it is back (live calls are not affected)."""
+
+
+class HandoffFailed(ClusterError):
+    """A connection could not be carried to the process that owns its stream (the owner
+    is unreachable, refused it, or failed the authentication)."""

@@ -54,6 +54,7 @@ from ..dialects import Event, Start
 from ..streams import PipeAppConnection, PipeCallLeg
 from ..streams._wsapp import platform_dialect
 from ..transports import WebSocketConnection, WebSocketRequest, serve_websocket
+from . import _clusterglue
 from ._config import AuthConfig, RouteConfig, StreamConfig, WebSocketConfig
 from ._credentials import as_bytes, matches, matches_any
 from ._forwarded import Origin, resolve_origin
@@ -375,6 +376,8 @@ async def _handle_carrier(
     # Still pending (against max_handshakes and the per-peer limit) until the start
     # message: a carrier that upgrades and then says nothing is a slowloris too.
     ws = await request.accept(keep_pending=True)
+    if daemon.cluster is not None:  # cluster hook: keep what is read, for a hand-off
+        ws.record_input()
     dialect = _carrier_app_dialect(route.carrier)
     start: Start | None = None
     pending: list[Event] = []
@@ -429,6 +432,10 @@ async def _handle_carrier(
     )
     key = (route.name, start.call_id, start.stream_id)
     existing = daemon.resumable.get(key)
+    if daemon.cluster is not None and await _clusterglue.carrier_connected(
+        daemon, route, request, ws, start, existing is not None
+    ):  # cluster hook: the stream lives (or died) in another process
+        return
     if existing is not None and existing.resume_call(leg):
         logger.info(
             "carrier leg resumed",
@@ -443,6 +450,8 @@ async def _handle_carrier(
             return
         daemon.resumable[key] = stream
         daemon.resumable_keys[stream.stream_id] = key
+        if daemon.cluster is not None:  # cluster hook: register the resume key
+            daemon.cluster.set_resume(stream.stream_id, *key)
     # The connection lives in this handler's task: hold it until the stream is done
     # with the leg (closed, or replaced after a drop).
     await leg.released.wait()
@@ -452,6 +461,12 @@ async def _handle_app(daemon: Daemon, request: WebSocketRequest) -> None:
     peer = _origin(daemon, request).label
     stream_id = request.path[len(MEDIA_PREFIX) : -len(MEDIA_SUFFIX)]
     slot = daemon.accept_slots.get(stream_id)
+    if (
+        slot is None
+        and daemon.cluster is not None
+        and await _clusterglue.app_connecting(daemon, request, stream_id)
+    ):  # cluster hook: the stream lives in another process
+        return
     if slot is None:
         known = daemon.manager.get(stream_id) is not None
         daemon.refused(LISTENER, "unknown_stream", f"{peer} {request.path}")

@@ -33,6 +33,7 @@ __all__ = [
     "CallbackConfig",
     "CallbacksConfig",
     "Carrier",
+    "ClusterConfig",
     "Codec",
     "Config",
     "DaemonConfig",
@@ -43,6 +44,7 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "MatchConfig",
+    "OrphanPolicy",
     "RecordsConfig",
     "RouteConfig",
     "RtpConfig",
@@ -70,6 +72,8 @@ Encapsulation: TypeAlias = Literal["sln", "twilio", "telnyx", "plivo", "rtp", "a
 SampleRate: TypeAlias = Literal[8000, 16000, 24000, 48000]
 Codec: TypeAlias = Literal["pcmu", "pcma", "l16"]
 AppMode: TypeAlias = Literal["connect", "accept"]
+#: What a carrier re-dial gets when the stream it resumes died with its process.
+OrphanPolicy: TypeAlias = Literal["refuse", "new"]
 
 # A duration is a TOML string with a unit. The Meta marker is how error reporting
 # recognises a duration field (to explain the syntax when someone writes a bare number).
@@ -594,6 +598,92 @@ class CallbacksConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only
         return parse_duration(self.give_up_after)
 
 
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_REDIS_URL_RE = re.compile(r"(redis|rediss|unix)://.+")
+
+
+def _node_id(name: str, value: str) -> None:
+    if value and not _NODE_ID_RE.fullmatch(value):
+        raise _FieldError(name, f"must be 1-64 letters, digits, '_', '.' or '-', got {value!r}")
+
+
+def _redis_url(name: str, value: str) -> None:
+    if not _REDIS_URL_RE.fullmatch(value):
+        raise _FieldError(
+            name,
+            f'must be a redis://, rediss:// or unix:// URL, e.g. "redis://127.0.0.1:6379/0", '
+            f"got {_redact_url(value)!r}",
+        )
+
+
+class ClusterConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[cluster]``: several bridge processes sharing a stream registry and the event
+    stream in Redis (docs/cluster.md). Off by default: one process needs none of it."""
+
+    enabled: bool = False
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every Redis key, so several clusters can share one Redis.
+    key_prefix: str = "bridge"
+    #: This process's name in the cluster; "" = "<hostname>-<pid>". Unique per process.
+    node_id: str = ""
+    #: Shared secret of the cluster: authenticates every hand-off between processes
+    #: (HMAC-SHA256, compared as bytes). Required when enabled.
+    secret: str = ""
+    #: A process whose lease is not renewed for this long is dead: its streams end with
+    #: DroppedStream (emitted once, by a survivor) and a survivor delivers its events.
+    lease: Duration = "5s"
+    #: The internal cluster port (hand-offs across machines, admin forwarding).
+    listen: str = "127.0.0.1:0"
+    #: host:port other processes reach ``listen`` on; "" = the bound address of ``listen``.
+    advertise: str = ""
+    #: Directory of the Unix sockets that pass connections between the processes of one
+    #: host (SCM_RIGHTS); "" = pass nothing by descriptor, relay over TCP instead.
+    socket_dir: str = "/run/bridge"
+    #: Ended streams stay findable (GET /v1/streams/{id} on any process) this long.
+    ended_ttl: Duration = "1h"
+
+    _CHECKS = {
+        "redis_url": _redis_url,
+        "key_prefix": _node_id,
+        "node_id": _node_id,
+        "secret": _credential,
+        "lease": _duration(1.0, 300.0),
+        "listen": _listen,
+        "advertise": _listen,
+        "ended_ttl": _duration(1.0, 30 * 86400.0),
+    }
+
+    def _validate(self) -> None:
+        if not self.enabled:
+            return
+        if len(self.secret) < 16:
+            raise _FieldError(
+                "secret",
+                "must be set (at least 16 characters) when the cluster is enabled: every "
+                "process of the cluster shares it",
+            )
+        if self.listen_addr is None:
+            raise _FieldError("listen", "must be set when the cluster is enabled")
+        if not self.key_prefix:
+            raise _FieldError("key_prefix", "must not be empty")
+
+    @property
+    def lease_s(self) -> float:
+        return parse_duration(self.lease)
+
+    @property
+    def ended_ttl_s(self) -> float:
+        return parse_duration(self.ended_ttl)
+
+    @property
+    def listen_addr(self) -> tuple[str, int] | None:
+        return parse_listen(self.listen)
+
+    @property
+    def advertise_addr(self) -> tuple[str, int] | None:
+        return parse_listen(self.advertise)
+
+
 # One table of per-field checks shared by [stream] and a route's stream overrides, so a
 # value is judged the same wherever it is written.
 _STREAM_CHECKS: Mapping[str, _Check] = {
@@ -916,6 +1006,10 @@ class RouteConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     callback: CallbackConfig | None = None
     auth: AuthConfig | None = None
     stream: StreamOverrides | None = None
+    #: Cluster mode: a carrier re-dial whose stream died with its process is refused
+    #: ("refuse") or starts a new stream ("new", what a single process does after the
+    #: reconnect window).
+    orphan: OrphanPolicy = "new"
 
     def _validate(self) -> None:
         if not _ROUTE_NAME_RE.fullmatch(self.name):
@@ -971,6 +1065,7 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     records: RecordsConfig = msgspec.field(default_factory=RecordsConfig)
     callbacks: CallbacksConfig = msgspec.field(default_factory=CallbacksConfig)
     stream: StreamConfig = msgspec.field(default_factory=StreamConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     routes: tuple[RouteConfig, ...] = ()
 
     def _validate(self) -> None:
@@ -984,7 +1079,9 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
             seen[route.name] = i
         # Two TCP listeners on one address would fail at bind time; say so now.
         bound: dict[tuple[str, int], str] = {}
-        for section in ("admin", "audiosocket", "websocket"):
+        for section in ("admin", "audiosocket", "websocket", "cluster"):
+            if section == "cluster" and not self.cluster.enabled:
+                continue
             addr = parse_listen(getattr(self, section).listen)
             if addr is None or addr[1] == 0:  # port 0: each gets its own free port
                 continue

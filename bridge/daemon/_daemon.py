@@ -42,6 +42,7 @@ from ..streams import (
 )
 from ..streams._wsapp import WsAppConnector
 from ..transports import Poller, raise_open_files_limit, use_poller
+from . import _clusterglue
 from ._admin import create_admin_app, serve_admin
 from ._config import (
     AppConfig,
@@ -99,6 +100,9 @@ class Daemon:
     accept_slots: dict[str, Any] = attrs.field(factory=dict)
     #: The WebSocket listener's TLS context when it serves wss:// (SIGHUP swaps it).
     tls: ServerTls | None = None
+    #: This process in the cluster (``bridge.cluster.ClusterNode``) while
+    #: ``[cluster] enabled``; None otherwise.
+    cluster: Any = None
     _cancel: trio.CancelScope | None = None
     #: Each live stream's counters as last moved into Prometheus (see _add_samples).
     _sampled: dict[str, tuple[int, int, int, float, int, int]] = attrs.field(factory=dict)
@@ -149,6 +153,8 @@ class Daemon:
                     use_poller(self.poller)
                     nursery.start_soon(self.poller.serve)
                 await nursery.start(self.manager.serve)
+                if cfg.cluster.enabled:  # cluster hook: join before the listeners open
+                    await nursery.start(_clusterglue.serve_cluster, self)
                 await self._start_listeners(nursery)
                 self.listening = True
                 self.notifier.ready(status=self._status())
@@ -170,7 +176,8 @@ class Daemon:
         cfg = self.config
         admin_addr = cfg.admin.listen_addr
         if admin_addr is not None:
-            app = create_admin_app(self, self.metrics, token=cfg.admin.token)
+            backend = _clusterglue.admin_backend(self)  # cluster hook: cluster-wide API
+            app = create_admin_app(backend, self.metrics, token=cfg.admin.token)
             self.bound["admin"] = await nursery.start(
                 serve_admin, app, admin_addr[0], admin_addr[1]
             )
@@ -403,6 +410,8 @@ class Daemon:
         )
         self._routes_by_stream[stream_id] = route
         self.manager.start(stream)
+        if self.cluster is not None:  # cluster hook: register the stream
+            _clusterglue.stream_started(self, stream, route, listener)
         self.metrics.stream_started(listener, route.name)
         logger.info(
             "stream started",
@@ -505,7 +514,9 @@ class Daemon:
             ev = StreamEvent.recovered(**common)
         else:
             return
-        if self.store is not None:
+        if self.cluster is not None and ev.callback_url:  # cluster hook: events via Redis
+            _clusterglue.emit(self, ev)
+        elif self.store is not None:
             self.store.emit(ev)
         if event in ("DroppedStream", "DegradedStream"):
             logger.warning(
@@ -539,6 +550,8 @@ class Daemon:
         key = self.resumable_keys.pop(stream.stream_id, None)
         if key is not None:
             self.resumable.pop(key, None)
+        if self.cluster is not None:  # cluster hook: unregister the stream
+            self.cluster.stream_ended(stream.stream_id)
         reason = stream.reason or "shutdown"
         self.metrics.stream_ended(stream.route, reason)
         self._observe_first_audio(stream)

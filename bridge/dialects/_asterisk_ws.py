@@ -143,6 +143,7 @@ from ._events import (
     Stats,
     StatsRequest,
     Stop,
+    mark_text,
 )
 from ._marks import PendingMarks
 from ._spec import Capabilities, ChunkRule, DialectSpec, WireFormat
@@ -882,7 +883,7 @@ class AsteriskWsPlatform:
         if isinstance(event, Audio):
             return [self.send_audio(_check_rate(event.frame, self._codec.sample_rate))]
         if isinstance(event, Mark):
-            return self._mark(event.name)
+            return self._mark(mark_text(event.name))
         if isinstance(event, Dtmf):
             if self._json:
                 return [self._event("DTMF_END", digit=event.digit)]

@@ -21,7 +21,7 @@ from typing import Final
 import attrs
 
 from ._carrier import NO_HOOKS
-from ._events import Cleared, Event, Mark
+from ._events import Cleared, Event, Mark, MarkName
 
 __all__ = ["MAX_PENDING_MARKS", "PendingMarks"]
 
@@ -38,7 +38,7 @@ class PendingMarks:
 
     prefix: str = "m"
     limit: int = MAX_PENDING_MARKS
-    pending: dict[str, str] = attrs.field(factory=dict, init=False)
+    pending: dict[str, MarkName] = attrs.field(factory=dict, init=False)
     """In sending order (dicts keep insertion order)."""
     stale_echoes: int = attrs.field(default=0, init=False)
     """Echoes for an id not in flight: settled by a clear already, or never sent."""
@@ -48,7 +48,7 @@ class PendingMarks:
     _next: int = attrs.field(default=0, init=False)
     _owed: list[Event] = attrs.field(factory=list, init=False)
 
-    def sent(self, name: str) -> str:
+    def sent(self, name: MarkName) -> str:
         """Record a mark going out; returns its wire id."""
         self._next += 1
         wire_id = f"{self.prefix}{self._next}"
@@ -59,7 +59,7 @@ class PendingMarks:
         self.pending[wire_id] = name
         return wire_id
 
-    def echoed(self, wire_id: str) -> str | None:
+    def echoed(self, wire_id: str) -> MarkName | None:
         """The engine's name for an echoed wire id; ``None`` (counted) if not in flight."""
         name = self.pending.pop(wire_id, None)
         if name is None:

@@ -117,6 +117,7 @@ from ._events import (
     Stats,
     StatsRequest,
     Stop,
+    mark_text,
 )
 from ._marks import PendingMarks
 from ._spec import Capabilities, ChunkRule, DialectSpec, WireFormat
@@ -547,7 +548,7 @@ class VonagePlatform:
         if isinstance(event, Audio):
             return [self.send_audio(_check_rate(event.frame, self._rate))]
         if isinstance(event, Mark):
-            return [_notify_event(event.name)]
+            return [_notify_event(mark_text(event.name))]
         if isinstance(event, Dtmf):
             duration = event.duration_ms if event.duration_ms is not None else self.dtmf_duration_ms
             return [dumps({"event": "websocket:dtmf", "digit": event.digit, "duration": duration})]

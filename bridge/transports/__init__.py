@@ -28,6 +28,7 @@ from ._websocket import (
     HeadersLike,
     WebSocketConnection,
     WebSocketRequest,
+    adopt_websocket_server,
     open_websocket_client,
     serve_websocket,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "UdpPortPool",
     "WebSocketConnection",
     "WebSocketRequest",
+    "adopt_websocket_server",
     "current_poller",
     "format_peer",
     "open_tcp_listener",

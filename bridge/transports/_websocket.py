@@ -91,6 +91,7 @@ __all__ = [
     "HeadersLike",
     "WebSocketConnection",
     "WebSocketRequest",
+    "adopt_websocket_server",
     "framing_error_kind",
     "open_websocket_client",
     "serve_websocket",
@@ -276,6 +277,9 @@ class WebSocketConnection:
     _ping_payload: bytes | None = attrs.field(init=False, default=None)
     _pong_received: trio.Event | None = attrs.field(init=False, default=None)
     _ping_count: int = attrs.field(init=False, default=0)
+    # Hand-off to another process (bridge.cluster): every byte read since
+    # record_input(), so the adopting process can replay them into its own protocol.
+    _recorded: bytearray | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         # Read once: getpeername() fails after the socket is closed.
@@ -620,6 +624,8 @@ class WebSocketConnection:
             return None  # a reset: the next read sees EOF, and receive() reports it
         if not data:
             return None  # EOF is sticky: receive() reads it again and closes
+        if self._recorded is not None:
+            self._recorded += data
         protocol.receive_data(data)
         self._process_events(protocol.events_received())
         writes = protocol.data_to_send()
@@ -663,6 +669,8 @@ class WebSocketConnection:
             return  # closed while we were being scheduled; the data is moot
         protocol = self._protocol
         if data:
+            if self._recorded is not None:
+                self._recorded += data
             protocol.receive_data(data)
         else:
             protocol.receive_eof()
@@ -756,6 +764,44 @@ class WebSocketConnection:
         if kind == "message_too_big":
             return MessageTooBig(str(exc))
         return FramingError(f"{exc}" or type(exc).__name__, kind)
+
+    # ----------------------------------------------------------------- hand-off
+
+    def record_input(self) -> None:
+        """Keep a copy of every byte read from now on (bounded by what a handshake may
+        read), for :meth:`detach`. Call it right after ``accept()``, before any receive."""
+        if self._recorded is None:
+            self._recorded = bytearray()
+
+    def stop_recording(self) -> None:
+        """Stop :meth:`record_input` (the connection stays here) and drop the copy."""
+        self._recorded = None
+
+    async def detach(self) -> tuple[trio.socket.SocketType, bytes]:
+        """Give the connection up *without* a closing handshake, so that another process
+        can continue it (``bridge.cluster``): returns a duplicate of the socket and the
+        bytes read since :meth:`record_input` (replay them into the adopting side's
+        protocol, see :func:`adopt_websocket_server`). This object then counts as closed
+        (its own descriptor is closed; the TCP connection lives on in the duplicate).
+
+        Only for a plain TCP connection that nobody is reading from or writing to.
+        """
+        if self._sock is None or self._stream_closed or self._recorded is None:
+            raise RuntimeError("only an open, recorded plain TCP connection can be detached")
+        if self._reading or self._flushing:
+            raise RuntimeError("detach() while another task reads or writes")
+        if self._pending_writes or self._protocol.data_to_send():
+            # A pong still queued: hand the kernel what we owe the peer first.
+            self._pending_writes.extend(self._protocol.data_to_send())
+            await self._flush(wait=True)
+        sock = self._sock.dup()
+        recorded = bytes(self._recorded)
+        self._recorded = None
+        self._set_abort(1006, "handed over to another process")
+        self._local_close = True
+        self._messages.clear()
+        await self._close_stream()
+        return sock, recorded
 
     # ----------------------------------------------------------------- closing
 
@@ -1095,6 +1141,66 @@ async def open_websocket_client(
                 body_error = exc
             try:
                 await connection.close(1000 if body_error is None else 1011)
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await connection._close_stream()
+    if body_error is not None:
+        raise body_error
+
+
+@asynccontextmanager
+async def adopt_websocket_server(
+    sock: trio.socket.SocketType,
+    received: bytes = b"",
+    *,
+    remote: tuple[str, int] | None = None,
+    request: WebSocketRequest | None = None,
+    send_timeout_s: float = 2.0,
+    close_timeout_s: float = 2.0,
+    ping_interval_s: float | None = None,
+    ping_timeout_s: float | None = None,
+    max_message_bytes: int | None = 1 << 20,
+) -> AsyncIterator[WebSocketConnection]:
+    """Continue, in this process, a server-side WebSocket connection whose opening
+    handshake another process completed (``WebSocketConnection.detach`` there).
+
+    ``sock`` is the connected socket (received over ``SCM_RIGHTS``, or a relay's TCP
+    connection that carries the peer's bytes unchanged); ``received`` the bytes the other
+    process read after its 101 answer, parsed here again as if they had just arrived;
+    ``remote`` the original peer's address (logs and metrics keep it through a relay).
+    Yields the open connection; on exit closes it as :func:`open_websocket_client`
+    does (1000, or 1011 if the body raised).
+    """
+    protocol = ServerProtocol(
+        state=State.OPEN, max_size=max_message_bytes, logger=_protocol_logger
+    )
+    connection = WebSocketConnection(
+        trio.SocketStream(sock),
+        protocol,
+        send_timeout_s=send_timeout_s,
+        close_timeout_s=close_timeout_s,
+        ping_interval_s=ping_interval_s,
+        ping_timeout_s=ping_timeout_s,
+        request=request,
+    )
+    if remote is not None:
+        connection.remote = remote
+    if received:
+        protocol.receive_data(received)
+        connection._absorb(protocol.events_received())
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            if ping_interval_s is not None:
+                nursery.start_soon(connection._keepalive)
+            try:
+                yield connection
+            except BaseException as exc:
+                body_error = exc
+            try:
+                if not connection.closed:
+                    await connection.close(1000 if body_error is None else 1011)
             finally:
                 nursery.cancel_scope.cancel()
     finally:
