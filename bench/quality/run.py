@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -375,7 +376,7 @@ def analyze_outcome(o: Outcome, baselines: dict[tuple[str, str], float]) -> dict
                       network_dropped=o.spec.schedule.dropped,
                       baseline_ms=baselines.get((cell.leg, cell.app)))  # fmt: skip
         res["down"] = a.to_json()
-        if imp.kind in ("burst", "stall", "freeze"):
+        if imp.kind in ("burst", "stall", "freeze") or os.environ.get("QUALITY_SERIES"):
             # Kept for the plot and for a later look; the other cells' figures say enough.
             res["latency_series"] = [[round(t, 3), round(v, 1)] for t, v, _k in a.latency]
         played = M.played_signal(rx, play, call.t0, rate)

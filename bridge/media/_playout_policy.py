@@ -17,7 +17,10 @@ the one before it ends, whichever is later. So:
 * **A grid phased to the app.** The 20 ms grid starts just behind the app's first audio
   (``PHASE_MARGIN_S``), so a real-time app's frame waits about that long, not up to a
   ptime. A frame that arrives at most ``SEND_EARLY_S`` before its slot goes out on
-  arrival (the slot is used up; the grid does not move).
+  arrival (the slot is used up; the grid does not move) — but never before the far side
+  has finished the frame sent before it (within ``EARLY_TOLERANCE_S``): sending it any
+  sooner would only pass the app's timing jitter on to the far side, where it becomes
+  latency nothing can take back.
 * **Hold a late slot.** When a streaming app's frame is not there at its slot, the slot
   is held up to ``GRACE_S`` (nothing is sent: a gap, which the far side's concealment
   covers) and the frame goes out on arrival; the grid follows it. Filling the slot with
@@ -72,6 +75,9 @@ GRACE_S = 0.06
 GRACE_STREAMING_S = 0.03
 #: A frame that arrives at most this long before its slot goes out on arrival.
 SEND_EARLY_S = 0.005
+#: How much sooner than the end of the previous frame (at the far side) an early send
+#: may go: the ticker's granularity, no more.
+EARLY_TOLERANCE_S = 0.001
 #: A slot served this much late (bridge itself stalled) moves the grid to the send.
 LATE_FOLLOW_S = 0.005
 #: Trimming: window length (slots), tolerance of the real-time test, stability and
@@ -138,7 +144,8 @@ class PlayoutPolicy:
 
     # -- state ---------------------------------------------------------------------------
     _phased: bool = attrs.field(default=False, init=False)
-    _last_sent_s: float = attrs.field(default=-math.inf, init=False)
+    # When the far side has finished playing everything sent so far (serial playout).
+    _end_s: float = attrs.field(default=-math.inf, init=False)
     _grace_open: bool = attrs.field(default=False, init=False)
     _app_audio_at: float = attrs.field(default=-math.inf, init=False)
     _bytes_per_s: float = attrs.field(default=0.0, init=False)
@@ -215,7 +222,7 @@ class PlayoutPolicy:
         # Never before the filler frame last sent has played out at the far side: the
         # app's frame would only wait there instead (and that wait could never be
         # trimmed). What it waits here instead is trimmed like any standing latency.
-        target = max(now_s + PHASE_MARGIN_S, self._last_sent_s + self.ptime_s)
+        target = max(now_s + PHASE_MARGIN_S, self._end_s)
         if abs(clock.next_deadline_s - target) > 0.001:
             clock.rephase(target)
 
@@ -265,7 +272,6 @@ class PlayoutPolicy:
             self._win_min_wait = 0.0
             self._grace_open = False
             self.grace_sends += 1
-            self._last_sent_s = now_s
             if clock is not None:
                 clock.rephase(now_s + self.ptime_s)
             return 1
@@ -277,10 +283,9 @@ class PlayoutPolicy:
             self.exact_pacing
             and clock is not None
             and fb <= queued < 2 * fb
-            and now_s - self._last_sent_s >= self.ptime_s / 2
+            and now_s >= self._end_s - EARLY_TOLERANCE_S
             and clock.take_early(now_s, SEND_EARLY_S)
         ):
-            self._last_sent_s = now_s
             self.early_sends += 1
             if self._win_min_wait > 0.0:
                 self._win_min_wait = 0.0  # it did not wait for the slot after all
@@ -337,18 +342,18 @@ class PlayoutPolicy:
             n -= 1
         else:
             self._grace_open = False
-        if n:
-            self._last_sent_s = now_s
         return n
 
     def pop_frame(self, now_s: float) -> tuple[bytes | None, list[MarkName]]:
         """The next frame to send (None: nothing queued, send filler) and the marks it
         releases. Call it exactly as many times as ``on_tick``/``on_audio`` said."""
         pcm, marks = self.buffer.pop()
-        if pcm is None:
-            return None, marks
-        if self._shorten_bytes:
+        if pcm is not None and self._shorten_bytes:
             pcm = self._shorten(pcm)
+        end = self._end_s
+        self._end_s = (now_s if now_s > end else end) + (
+            len(pcm) / self._bytes_per_s if pcm is not None else self.ptime_s
+        )
         return pcm, marks
 
     # ==================================================================================

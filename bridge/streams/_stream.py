@@ -700,10 +700,11 @@ class Stream:
     def on_tick(self, now_s: float) -> float:
         """Called by the Ticker at this stream's deadline: send the frame(s) due."""
         policy = self._policy
-        n = policy.on_tick(now_s, app_up=self._app is not None)
         # Legs with clocked input (RTP: loss deadlines of the jitter buffer) look at the
-        # time once per tick.
+        # time once per tick, first: audio it releases (and an app answers at once) is
+        # in the playout before this slot is decided, never sent beside it.
         self.call.poll(self, now_s)
+        n = policy.on_tick(now_s, app_up=self._app is not None)
         for _ in range(n):
             self._send_frame(now_s)
         return policy.next_deadline_s

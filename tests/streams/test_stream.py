@@ -477,12 +477,14 @@ async def test_early_send_window_and_phase_shift_earlier(clock: trio.testing.Moc
     assert len(played) + p.trimmed_frames == 130 and p.trimmed_frames == 1, p
     assert all(k in played for k in range(40, 130))
     wait_ms = {k: round((played[k] - sent_at[k]) * 1000, 3) for k in played}
-    assert all(wait_ms[k] == 0.0 for k in range(50, 60)), wait_ms
+    # (At most the phase margin: a frame goes out early only once the far side has
+    # finished the one before it.)
+    assert all(wait_ms[k] <= PHASE_MARGIN_S * 1000 for k in range(50, 60)), wait_ms
     # 8 ms early is outside the 5 ms window: those frames wait for their slots...
     assert all(wait_ms[k] > SEND_EARLY_S * 1000 for k in range(60, 65)), wait_ms
     # ...until two windows of waits move the grid earlier (one frame shortened).
     assert p.trims >= 2
-    assert all(wait_ms[k] == 0.0 for k in range(115, 130)), wait_ms
+    assert all(wait_ms[k] <= PHASE_MARGIN_S * 1000 for k in range(115, 130)), wait_ms
     times = sorted(played.values())
     gaps = [round((b - a) * 1000, 3) for a, b in itertools.pairwise(times)]
     # The phase jump and the re-phasing never put two frames closer than half a ptime.
