@@ -1303,7 +1303,7 @@ async def _show_live(gen: CallGenerator, console: Console) -> None:
 
 
 def _duration(text: str) -> float:
-    from ._config import parse_duration
+    from ..daemon._config import parse_duration
 
     try:
         value = float(text)  # a bare number is seconds
@@ -1471,7 +1471,7 @@ def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ._logging import configure_logging
+    from ..daemon._logging import configure_logging
 
     try:
         options = CallOptions(

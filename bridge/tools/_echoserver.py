@@ -452,7 +452,7 @@ def add_echo_server_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ._logging import configure_logging
+    from ..daemon._logging import configure_logging
 
     try:
         host, port = parse_listen(args.listen)
