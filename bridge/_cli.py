@@ -64,9 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     # the daemon never imports (the CLI sits above both).
     from .tools import add_call_parser, add_echo_server_parser
 
-    add_call_parser(sub)
-    add_echo_server_parser(sub)
+    add_call_parser(sub, configure_logging=_console_logging)
+    add_echo_server_parser(sub, configure_logging=_console_logging)
     return parser
+
+
+def _console_logging(level: str) -> None:
+    """The tools log to the console at their ``--log-level``, formatted as the daemon's
+    console lines (bridge.daemon's set-up; the tools themselves never import the daemon)."""
+    from .daemon._logging import configure_logging
+
+    configure_logging(level, "console")
 
 
 def _config_error(exc: ConfigError, path: str | None) -> int:

@@ -22,6 +22,8 @@ from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 import msgspec
 
+from .._durations import DURATION_HINT as _DURATION_HINT
+from .._durations import parse_duration
 from .._errors import ConfigError
 
 __all__ = [
@@ -74,27 +76,6 @@ AppMode: TypeAlias = Literal["connect", "accept"]
 # A duration is a TOML string with a unit. The Meta marker is how error reporting
 # recognises a duration field (to explain the syntax when someone writes a bare number).
 Duration: TypeAlias = Annotated[str, msgspec.Meta(extra={"bridge_type": "duration"})]
-
-_DURATION_RE = re.compile(r"(?P<num>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
-_UNIT_S: dict[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_HINT = (
-    'a duration is a string: a number and a unit (ms, s, m, h, d), e.g. "20ms", "1.5s", "5m", "4h"'
-)
-
-
-@functools.lru_cache(maxsize=1024)
-def parse_duration(text: str) -> float:
-    """Seconds in a duration string (``"20ms"`` → 0.02). Raises ValueError with an example.
-
-    Cached: the ``X_s`` properties call this on every access, and a config holds only a
-    few dozen distinct strings.
-    """
-    m = _DURATION_RE.fullmatch(text)
-    if m is None:
-        raise ValueError(f"invalid duration {text!r}; {_DURATION_HINT}")
-    num = float(m["num"])
-    # Divide for milliseconds so "20ms" is exactly the float 0.02, not 20 * 0.001.
-    return num / 1000.0 if m["unit"] == "ms" else num * _UNIT_S[m["unit"]]
 
 
 def _fmt_seconds(seconds: float) -> str:

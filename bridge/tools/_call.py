@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import functools
 import ipaddress
 import json
 import logging
@@ -43,13 +44,14 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast, get_args
 
 import attrs
 import trio
 
+from .._durations import parse_duration
 from .._errors import DialectError, TransportError
 from ..dialects import Audio, Clear, Connected, Event, Hangup, Mark, Message, Start, Stop
 from ..dialects._audiosocket import AudioSocketPlatform, audio_kind
@@ -1303,8 +1305,6 @@ async def _show_live(gen: CallGenerator, console: Console) -> None:
 
 
 def _duration(text: str) -> float:
-    from ..daemon._config import parse_duration
-
     try:
         value = float(text)  # a bare number is seconds
     except ValueError:
@@ -1337,8 +1337,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``bridge call`` to the CLI's subparsers."""
+def add_call_parser(
+    subparsers: Any, *, configure_logging: Callable[[str], None]
+) -> argparse.ArgumentParser:
+    """Add ``bridge call`` to the CLI's subparsers; ``configure_logging(level)`` sends
+    the ``bridge`` logger to the console (the CLI's set-up: the tools do not import the
+    daemon)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "call",
         help="place test calls / generate load and measure the round trip",
@@ -1466,13 +1470,11 @@ def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="warning",
         help="(default: %(default)s)",
     )
-    p.set_defaults(handler=_main)
+    p.set_defaults(handler=functools.partial(_main, configure_logging=configure_logging))
     return p
 
 
-def _main(args: argparse.Namespace) -> int:
-    from ..daemon._logging import configure_logging
-
+def _main(args: argparse.Namespace, *, configure_logging: Callable[[str], None]) -> int:
     try:
         options = CallOptions(
             transport=args.transport,
@@ -1503,7 +1505,7 @@ def _main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"bridge call: error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level, "console")
+    configure_logging(args.log_level)
 
     from rich.console import Console
 

@@ -39,6 +39,7 @@ import logging
 import select
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, Final, Literal, NoReturn, Protocol, cast, get_args
 
 import attrs
@@ -391,8 +392,12 @@ def _status(text: str) -> int:
     return value
 
 
-def add_echo_server_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``bridge echo-server`` to the CLI's subparsers."""
+def add_echo_server_parser(
+    subparsers: Any, *, configure_logging: Callable[[str], None]
+) -> argparse.ArgumentParser:
+    """Add ``bridge echo-server`` to the CLI's subparsers; ``configure_logging(level)``
+    sends the ``bridge`` logger to the console (the CLI's set-up: the tools do not
+    import the daemon)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "echo-server",
         help="a standalone WebSocket echo application (demos, tests, benchmarks)",
@@ -447,13 +452,11 @@ def add_echo_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="info",
         help="(default: %(default)s)",
     )
-    p.set_defaults(handler=_main)
+    p.set_defaults(handler=functools.partial(_main, configure_logging=configure_logging))
     return p
 
 
-def _main(args: argparse.Namespace) -> int:
-    from ..daemon._logging import configure_logging
-
+def _main(args: argparse.Namespace, *, configure_logging: Callable[[str], None]) -> int:
     try:
         host, port = parse_listen(args.listen)
         options = EchoOptions(
@@ -468,7 +471,7 @@ def _main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level, "console")
+    configure_logging(args.log_level)
     if args.log_level != "debug":
         # websockets logs every connection open/close at INFO: one line per call is
         # noise at benchmark scale.
