@@ -62,7 +62,12 @@ from ..dialects._telnyx import TelnyxPlatform
 from ..dialects._twilio import TwilioPlatform
 from ..media import LatenessHistogram, PacingClock, frame_bytes, write_wav
 from ..streams import Ticker, TickHandle
-from ..transports import WebSocketConnection, open_websocket_client
+from ..transports import (
+    WebSocketConnection,
+    format_peer,
+    open_websocket_client,
+    parse_host_port,
+)
 from ._callsignal import MAX_FRAMES, Watermark, frames_of, speech_like, tone, wav_signal
 
 if TYPE_CHECKING:
@@ -213,7 +218,7 @@ class CallOptions:
             raise ValueError(f"a {self.ptime_ms} ms frame is too short for the watermark")
         target = self.resolved_target
         if self.transport == "audiosocket":
-            _host_port(target)
+            parse_host_port(target)
         elif self.transport == "rtp":
             if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
                 raise ValueError(f"rtp target {target!r}: expected the admin URL http://HOST:PORT")
@@ -275,13 +280,6 @@ class CallOptions:
         else:
             pcm = speech_like(rate)
         return frames_of(pcm, frame_bytes(rate, self.ptime_ms))
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"{text!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 # ======================================================================================
@@ -829,7 +827,7 @@ class Call:
         t = opts.transport
         target = opts.resolved_target
         if t == "audiosocket":
-            host, port = _host_port(target)
+            host, port = parse_host_port(target)
             try:
                 with trio.fail_after(opts.connect_timeout_s):
                     stream = await trio.open_tcp_stream(host, port)
@@ -869,7 +867,7 @@ class Call:
         sock = await _open_rtp_socket(admin_host)
         try:
             local_ip, local_port = sock.getsockname()[:2]
-            remote = f"[{local_ip}]:{local_port}" if ":" in local_ip else f"{local_ip}:{local_port}"
+            remote = format_peer((local_ip, local_port))
             body = {
                 "call_id": self.dialect.call_id,
                 "route": opts.route,
@@ -890,7 +888,7 @@ class Call:
             answer = response.json()
             stream_id = str(answer["stream_id"])
             self.result.stream_id = stream_id
-            host, port = _host_port(str(answer["local"]))
+            host, port = parse_host_port(str(answer["local"]), ip_only=True)
             if ipaddress.ip_address(host).is_unspecified:
                 host = local_ip  # bound to the wildcard: reachable where the admin API is
             self._leg = _UdpLeg(sock, (host, port))

@@ -52,14 +52,19 @@ from ..dialects._plivo import PlivoApp
 from ..dialects._sln import SlnApp, decode_control
 from ..dialects._telnyx import TelnyxApp
 from ..dialects._twilio import TwilioApp
-from ..transports import WebSocketConnection, WebSocketRequest, serve_websocket
+from ..transports import (
+    WebSocketConnection,
+    WebSocketRequest,
+    format_peer,
+    parse_host_port,
+    serve_websocket,
+)
 
 __all__ = [
     "EchoOptions",
     "EchoServer",
     "EchoStats",
     "add_echo_server_parser",
-    "parse_listen",
     "serve_echo",
 ]
 
@@ -222,10 +227,7 @@ class EchoServer:
 
     @property
     def url(self) -> str:
-        host, port = self.addresses[0]
-        if ":" in host:
-            host = f"[{host}]"
-        return f"ws://{host}:{port}"
+        return f"ws://{format_peer(self.addresses[0])}"
 
     async def handle(self, request: WebSocketRequest) -> None:
         opts = self.options
@@ -362,16 +364,6 @@ async def serve_echo(
 # ---------------------------------------------------------------------------------- CLI
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> ``(host, port)``; ValueError otherwise."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r}: expected host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "127.0.0.1", int(port)
-
-
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -458,7 +450,8 @@ def add_echo_server_parser(
 
 def _main(args: argparse.Namespace, *, configure_logging: Callable[[str], None]) -> int:
     try:
-        host, port = parse_listen(args.listen)
+        # ":9000" listens on loopback, as the default does.
+        host, port = parse_host_port(args.listen, listen=True, default_host="127.0.0.1")
         options = EchoOptions(
             host=host,
             port=port,
