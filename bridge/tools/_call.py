@@ -17,8 +17,9 @@ Cost (PERFORMANCE.md): it must never be what limits a measurement of bridge, so
 
 * one shared :class:`~bridge.streams.Ticker` paces every call (a per-call ``sleep_until``
   loop would cost more than the audio work), and each call's tick encodes and writes its
-  frame synchronously (``os.write`` on the TCP fd, ``sendto`` on the UDP socket,
-  ``send_nowait`` on the WebSocket): no task switch per frame on the send side;
+  frame synchronously (the transports' ``send_nowait`` on the TCP pipe and the
+  WebSocket, which is one ``os.write`` on the fd while the kernel takes it all;
+  ``sendto`` on the UDP socket): no task switch per frame on the send side;
 * each call has one receive task that reads straight from the socket, decodes inline and
   does its bookkeeping in a few attribute updates; nothing is handed to another task.
 
@@ -52,7 +53,7 @@ import attrs
 import trio
 
 from .._durations import parse_duration
-from .._errors import DialectError, TransportError
+from .._errors import ConnectionClosed, DialectError, TransportError
 from ..dialects import Audio, Clear, Connected, Event, Hangup, Mark, Message, Start, Stop
 from ..dialects._audiosocket import AudioSocketPlatform, audio_kind
 from ..dialects._plivo import PlivoPlatform
@@ -61,9 +62,9 @@ from ..dialects._sln import SlnPlatform
 from ..dialects._telnyx import TelnyxPlatform
 from ..dialects._twilio import TwilioPlatform
 from ..media import LatenessHistogram, PacingClock, frame_bytes, write_wav
-from ..streams import Ticker, TickHandle
+from ..streams import Pipe, Ticker, TickHandle
 from ..transports import (
-    WebSocketConnection,
+    TcpPipe,
     format_peer,
     open_websocket_client,
     parse_host_port,
@@ -531,90 +532,50 @@ class _Leg(Protocol):
         ...
 
 
-@attrs.define(slots=True, eq=False)
-class _TcpLeg:
-    """AudioSocket: a TCP connection driven through its fd (as bridge's transport does)."""
-
-    stream: trio.SocketStream
-    fd: int
-    pending: bytearray = attrs.field(factory=bytearray)
-
-    def send_nowait(self, message: Message) -> None:
-        assert isinstance(message, bytes)
-        if not message:
-            return
-        pending = self.pending
-        if pending:
-            pending += message
-            self._flush()
-            return
-        try:
-            written = os.write(self.fd, message)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            raise CallFailed("send_failed", str(exc)) from None
-        if written < len(message):
-            pending += message[written:]
-
-    def _flush(self) -> None:
-        pending = self.pending
-        try:
-            written = os.write(self.fd, pending)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            raise CallFailed("send_failed", str(exc)) from None
-        del pending[:written]
-        if len(pending) > _MAX_PENDING:
-            raise CallFailed("send_failed", f"peer is not reading ({len(pending)} bytes queued)")
-
-    async def receive_loop(self, call: Call) -> None:
-        fd = self.fd
-        on_message = call.on_message
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise CallFailed("remote_hangup", f"connection lost: {exc}") from None
-            if not data:
-                raise CallFailed("remote_hangup", "the server closed the connection")
-            on_message(data, trio.current_time())
-
-    async def serve(self) -> None:
-        return
+def _closed_why(exc: TransportError) -> str:
+    # A TCP pipe closes with no close code: its reason ("EOF", "Broken pipe", "send
+    # backlog over its limit") is the whole story, and str() would leave it out.
+    if isinstance(exc, ConnectionClosed) and exc.code is None and exc.reason:
+        return f"{exc}: {exc.reason}"
+    return str(exc)
 
 
 @attrs.define(slots=True, eq=False)
-class _WsLeg:
-    """Carrier media streams and sln: one WebSocket."""
+class _PipeLeg:
+    """AudioSocket (a :class:`~bridge.transports.TcpPipe`), carrier media streams and
+    sln (a WebSocket): a transport pipe, written with its non-blocking writer as the
+    daemon writes its own legs (``send_nowait``; a backlog only if the kernel refuses,
+    flushed by ``serve_writer``)."""
 
-    ws: WebSocketConnection
+    pipe: Pipe
 
     def send_nowait(self, message: Message) -> None:
         try:
-            self.ws.send_nowait(message)
+            self.pipe.send_nowait(message)
         except TransportError as exc:
-            raise CallFailed("send_failed", str(exc)) from None
+            raise CallFailed("send_failed", _closed_why(exc)) from None
 
     async def receive_loop(self, call: Call) -> None:
-        receive = self.ws.receive
+        receive = self.pipe.receive
         on_message = call.on_message
         while True:
             try:
                 message = await receive()
             except TransportError as exc:
-                raise CallFailed("remote_hangup", str(exc)) from None
+                raise CallFailed("remote_hangup", _closed_why(exc)) from None
             on_message(message, trio.current_time())
 
     async def serve(self) -> None:
         try:
-            await self.ws.serve_writer()
+            await self.pipe.serve_writer()
         except TransportError:
-            pass  # the receiver reports it
+            pass  # the pipe is closed: the next send or the receiver reports why
+
+
+def _tcp_leg(stream: trio.SocketStream) -> _PipeLeg:
+    """AudioSocket's leg. No send timeout: the byte limit alone says the peer is not
+    reading (a platform keeps writing to a slow AudioSocket server)."""
+    return _PipeLeg(TcpPipe(stream, send_timeout_s=math.inf, max_backlog_bytes=_MAX_PENDING))
 
 
 @attrs.define(slots=True, eq=False)
@@ -834,7 +795,7 @@ class Call:
             except (OSError, trio.TooSlowError) as exc:
                 raise CallFailed("connect_failed", f"{target}: {exc or 'timed out'}") from None
             async with stream:
-                self._leg = _TcpLeg(stream, stream.socket.fileno())
+                self._leg = _tcp_leg(stream)
                 yield
         elif t == "rtp":
             async with self._rtp_stream():
@@ -854,7 +815,7 @@ class Call:
                     )
                 except (TransportError, OSError, ValueError) as exc:
                     raise CallFailed("connect_failed", f"{target}: {exc}") from None
-                self._leg = _WsLeg(ws)
+                self._leg = _PipeLeg(ws)
                 yield
 
     @asynccontextmanager

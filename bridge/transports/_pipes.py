@@ -118,6 +118,9 @@ class TcpPipe:
 
     stream: trio.SocketStream
     send_timeout_s: float = 2.0
+    #: Bytes the kernel has not taken that may wait in the backlog before the pipe
+    #: fails (the peer is not reading).
+    max_backlog_bytes: int = 4 << 20
     writer: NowaitWriter = attrs.field(init=False)
     _fd: int = attrs.field(init=False)
     _closed: bool = False
@@ -127,7 +130,7 @@ class TcpPipe:
 
     def __attrs_post_init__(self) -> None:
         self._fd = self.stream.socket.fileno()
-        self.writer = NowaitWriter(self._fd, self.send_timeout_s)
+        self.writer = NowaitWriter(self._fd, self.send_timeout_s, self.max_backlog_bytes)
 
     @property
     def backlog_bytes(self) -> int:
