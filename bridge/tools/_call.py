@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast, get_args
 import attrs
 import trio
 
-from .._durations import parse_duration
 from .._errors import ConnectionClosed, DialectError, TransportError
 from ..dialects import Audio, Clear, Connected, Event, Hangup, Mark, Message, Start, Stop
 from ..dialects._audiosocket import AudioSocketPlatform, audio_kind
@@ -69,6 +68,7 @@ from ..transports import (
     open_websocket_client,
     parse_host_port,
 )
+from ._args import at_least_1, duration, positive_float
 from ._callsignal import MAX_FRAMES, Watermark, frames_of, speech_like, tone, wav_signal
 
 if TYPE_CHECKING:
@@ -1263,39 +1263,6 @@ async def _show_live(gen: CallGenerator, console: Console) -> None:
 # ======================================================================================
 
 
-def _duration(text: str) -> float:
-    try:
-        value = float(text)  # a bare number is seconds
-    except ValueError:
-        try:
-            value = parse_duration(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
-    return value
-
-
-def _int_at_least_1(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
 def add_call_parser(
     subparsers: Any, *, configure_logging: Callable[[str], None]
 ) -> argparse.ArgumentParser:
@@ -1354,7 +1321,7 @@ def add_call_parser(
     signal_group.add_argument(
         "--tone",
         metavar="HZ",
-        type=_positive_float,
+        type=positive_float,
         help="play a sine tone (default: a built-in speech-like signal)",
     )
     p.add_argument(
@@ -1364,28 +1331,28 @@ def add_call_parser(
     )
     p.add_argument(
         "--duration",
-        type=_duration,
+        type=duration,
         default=10.0,
         metavar="D",
         help="how long each call sends audio: 10s, 500ms, 2m (default: 10s)",
     )
     p.add_argument(
         "--calls",
-        type=_int_at_least_1,
+        type=at_least_1,
         default=1,
         metavar="N",
         help="number of calls (default: %(default)s)",
     )
     p.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="R",
         help="calls started per second (default: %(default)s)",
     )
     p.add_argument(
         "--sample-rate",
-        type=_int_at_least_1,
+        type=at_least_1,
         default=8000,
         metavar="HZ",
         help="wire sample rate (default: %(default)s)",
@@ -1399,21 +1366,21 @@ def add_call_parser(
     )
     p.add_argument(
         "--ptime",
-        type=_int_at_least_1,
+        type=at_least_1,
         default=20,
         metavar="MS",
         help="frame length in ms (default: %(default)s)",
     )
     p.add_argument(
         "--tail",
-        type=_duration,
+        type=duration,
         default=1.0,
         metavar="D",
         help="after the last frame, wait this long at most for the echo (default: 1s)",
     )
     p.add_argument(
         "--connect-timeout",
-        type=_duration,
+        type=duration,
         default=5.0,
         metavar="D",
         help="connect/handshake/POST timeout (default: 5s)",

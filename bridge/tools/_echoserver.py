@@ -59,6 +59,7 @@ from ..transports import (
     parse_host_port,
     serve_websocket,
 )
+from ._args import at_least_1
 
 __all__ = [
     "EchoOptions",
@@ -364,16 +365,6 @@ async def serve_echo(
 # ---------------------------------------------------------------------------------- CLI
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def _status(text: str) -> int:
     try:
         value = int(text)
@@ -422,13 +413,13 @@ def add_echo_server_parser(
     )
     p.add_argument(
         "--drop-after",
-        type=_positive,
+        type=at_least_1,
         metavar="N",
         help="abort each connection (no closing handshake) after N audio frames",
     )
     p.add_argument(
         "--stall-after",
-        type=_positive,
+        type=at_least_1,
         metavar="N",
         help="stop reading and echoing after N audio frames, keeping the socket open",
     )
