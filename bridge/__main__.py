@@ -1,5 +1,5 @@
 """``python -m bridge`` is the ``bridge`` command."""
 
-from .daemon._cli import main
+from ._cli import main
 
 raise SystemExit(main())

@@ -8,7 +8,7 @@ noise-like **watermark** (300-3400 Hz, about -40 dBFS, seeded, never repeating) 
 under the speech, so every 20 ms of it is unique, pauses included. A returned frame is
 found in the source by normalised cross-correlation at every sample offset (FFT), so the
 identification survives G.711, any band-limiting resampler and its delay, and a gain
-change. (``bridge/daemon/_callsignal.py``'s ``Watermark`` is sample-exact and would
+change. (``bridge/tools/_callsignal.py``'s ``Watermark`` is sample-exact and would
 not.) A half-amplitude concealment copy of the previous frame matches that frame again:
 that is how fabricated frames are told from real ones.
 

@@ -57,7 +57,12 @@ from bridge.dialects import (
     TwilioApp,
     TwilioPlatform,
 )
-from bridge.transports import WebSocketRequest, open_websocket_client, serve_websocket
+from bridge.transports import (
+    WebSocketRequest,
+    open_websocket_client,
+    parse_host_port,
+    serve_websocket,
+)
 
 from . import impair
 
@@ -484,8 +489,7 @@ async def place_call(daemon: Daemon, spec: CallSpec, rec: CallRecord, *, app_ser
                     raise RuntimeError(f"POST /v1/streams: {resp.status_code} {resp.text[:200]}")
                 answer = resp.json()
                 rec.stream_id = answer["stream_id"]
-                host, port = answer["local"].rsplit(":", 1)
-                dest = (host, int(port))
+                dest = parse_host_port(answer["local"], ip_only=True)
 
                 async def send(m: bytes | str) -> None:
                     assert isinstance(m, bytes)

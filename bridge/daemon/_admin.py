@@ -24,7 +24,6 @@ Every error is a JSON object with an ``error`` code and, where useful, a ``messa
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import math
 import os
@@ -47,6 +46,7 @@ from starlette.routing import Route
 
 from bridge._errors import StreamNotFound, StreamRefused
 from bridge.daemon._metrics import Metrics
+from bridge.transports import parse_host_port
 
 __all__ = ["AdminBackend", "OpenRtpRequest", "create_admin_app", "serve_admin"]
 
@@ -114,15 +114,10 @@ class OpenRtpRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 def _parse_remote(value: str) -> None:
     """Raise ValueError unless ``value`` is ``ip:port`` or ``[ipv6]:port``."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"remote {value!r}: expected ip:port")
-    if host.startswith("[") and host.endswith("]"):
-        ipaddress.IPv6Address(host[1:-1])
-    else:
-        ipaddress.IPv4Address(host)
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"remote {value!r}: port must be 1..65535")
+    try:
+        parse_host_port(value, ip_only=True)
+    except ValueError as exc:
+        raise ValueError(f"remote {value!r}: {exc}") from None
 
 
 # -- JSON responses -----------------------------------------------------------------

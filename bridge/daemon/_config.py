@@ -22,7 +22,10 @@ from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 import msgspec
 
+from .._durations import DURATION_HINT as _DURATION_HINT
+from .._durations import parse_duration
 from .._errors import ConfigError
+from ..transports import HOST_PORT_FORM, host_problem, parse_host_port
 
 __all__ = [
     "AdminConfig",
@@ -79,27 +82,6 @@ OrphanPolicy: TypeAlias = Literal["refuse", "new"]
 # recognises a duration field (to explain the syntax when someone writes a bare number).
 Duration: TypeAlias = Annotated[str, msgspec.Meta(extra={"bridge_type": "duration"})]
 
-_DURATION_RE = re.compile(r"(?P<num>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
-_UNIT_S: dict[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_HINT = (
-    'a duration is a string: a number and a unit (ms, s, m, h, d), e.g. "20ms", "1.5s", "5m", "4h"'
-)
-
-
-@functools.lru_cache(maxsize=1024)
-def parse_duration(text: str) -> float:
-    """Seconds in a duration string (``"20ms"`` → 0.02). Raises ValueError with an example.
-
-    Cached: the ``X_s`` properties call this on every access, and a config holds only a
-    few dozen distinct strings.
-    """
-    m = _DURATION_RE.fullmatch(text)
-    if m is None:
-        raise ValueError(f"invalid duration {text!r}; {_DURATION_HINT}")
-    num = float(m["num"])
-    # Divide for milliseconds so "20ms" is exactly the float 0.02, not 20 * 0.001.
-    return num / 1000.0 if m["unit"] == "ms" else num * _UNIT_S[m["unit"]]
-
 
 def _fmt_seconds(seconds: float) -> str:
     """A human duration for error messages (the inverse of parse_duration, roughly)."""
@@ -109,60 +91,24 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
 
 
-_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-
-
-def _host_problem(host: str) -> str | None:
-    """Why ``host`` is not an IPv4 address or a DNS hostname, or None when it is fine."""
-    if not host:
-        return "the host is empty (use 0.0.0.0 for every interface)"
-    labels = host.split(".")
-    if all(label.isdigit() for label in labels):
-        # All-numeric: it was meant as an IPv4 address, so hold it to that.
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            return f"{host!r} is not a valid IPv4 address"
-        return None
-    if len(host) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
-        return f"{host!r} is not a valid hostname or IP address"
-    return None
-
-
 @functools.lru_cache(maxsize=64)
 def parse_listen(text: str) -> tuple[str, int] | None:
     """``"host:port"`` → ``(host, port)``; ``"[::1]:8080"`` → ``("::1", 8080)``; ``""`` → None.
 
-    The IPv6 brackets are dropped so the host can be handed to a socket call as is.
-    Raises ValueError with an example of the expected form.
+    ``transports.parse_host_port`` for an address to bind (port 0 = any free port). The
+    IPv6 brackets are dropped so the host can be handed to a socket call as is. Raises
+    ValueError with an example of the expected form.
     """
     if text == "":
         return None
-    example = 'expected "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080" ("" disables)'
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"invalid address {text!r}; {example}")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not a valid IPv6 address") from None
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"invalid address {text!r}; {example}")
-        if ":" in host:
-            raise ValueError(f'an IPv6 address needs brackets, e.g. "[{host}]:{port_text}"')
-        problem = _host_problem(host)
-        if problem is not None:
-            raise ValueError(f"{problem}; {example}")
-    # Port 0 asks the kernel for a free port (the bound address is logged at start-up);
-    # tests and ad-hoc runs use it. Anything else outside 1..65535 is a mistake.
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(
-            f"invalid port {port_text!r} in {text!r}: a port is 1..65535 (0 = any free port)"
-        )
-    return host, int(port_text)
+    try:
+        return parse_host_port(text, listen=True)
+    except ValueError as exc:
+        message = str(exc)
+        if message.endswith(HOST_PORT_FORM):
+            # The listener keys take one more form: say so where the form was wrong.
+            raise ValueError(f'{message} ("" disables)') from None
+        raise
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -495,7 +441,7 @@ def _bind_host(name: str, value: str) -> None:
                 name, f"{value!r} is not a valid IPv6 address (no brackets here)"
             ) from None
         return
-    problem = _host_problem(value)
+    problem = host_problem(value, listen=True)
     if problem is not None:
         raise _FieldError(name, problem)
 

@@ -31,6 +31,8 @@ from collections.abc import Iterable
 
 import msgspec
 
+from ..transports import format_peer
+
 __all__ = ["FORWARDED_HEADERS", "Origin", "resolve_origin"]
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -65,12 +67,8 @@ class Origin(msgspec.Struct, frozen=True):
     @property
     def label(self) -> str:
         """For log lines: ``203.0.113.7 via 10.0.0.2:43210``, or ``ip:port``."""
-        own = _host_port(self.client, self.client_port) if self.client_port else self.client
+        own = format_peer((self.client, self.client_port)) if self.client_port else self.client
         return f"{own} via {self.proxy}" if self.proxy and own != self.proxy else own
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _address(text: str) -> IpAddress | None:
@@ -130,7 +128,7 @@ def resolve_origin(
     if peer_ip is None or not trusted or not _trusted(peer_ip, trusted):
         address = str(peer_ip) if peer_ip is not None else peer[0]
         return Origin(client=address, client_port=peer[1], ignored=forwarded)
-    proxy = _host_port(str(peer_ip), peer[1])
+    proxy = format_peer((str(peer_ip), peer[1]))
     if not forwarded:
         # A trusted peer that forwards nothing: it is the client (a health check, an
         # internal caller, or a proxy configured without the headers).

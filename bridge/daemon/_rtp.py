@@ -13,7 +13,6 @@ Importing this module registers :func:`start_rtp` in the daemon's listener hooks
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ import trio
 from .._errors import StreamRefused, TransportError
 from ..dialects._rtp import RtpSession
 from ..streams._rtpleg import RtpCallLeg, format_address
-from ..transports import UdpPortPool
+from ..transports import UdpPortPool, parse_host_port
 from ._config import RouteConfig, RtpConfig
 from ._daemon import _LISTENER_HOOKS
 
@@ -40,20 +39,12 @@ CODECS = ("pcmu", "pcma", "l16")
 
 
 def parse_remote(value: str) -> tuple[str, int]:
-    """``ip:port`` or ``[ipv6]:port`` -> ``(ip, port)``; ValueError otherwise."""
-    if not isinstance(value, str):
-        raise ValueError(f"remote must be a string 'ip:port', not {value!r}")
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"remote {value!r}: expected ip:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        ipaddress.IPv6Address(host)
-    else:
-        ipaddress.IPv4Address(host)
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"remote {value!r}: port must be 1..65535")
-    return host, int(port_text)
+    """``ip:port`` or ``[ipv6]:port`` -> ``(ip, port)``; ValueError otherwise. An IP
+    address only: a media peer's address is never resolved."""
+    try:
+        return parse_host_port(value, ip_only=True)
+    except ValueError as exc:
+        raise ValueError(f"remote {value!r}: {exc}") from None
 
 
 @attrs.define(slots=True, eq=False)

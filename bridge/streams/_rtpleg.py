@@ -67,6 +67,7 @@ from .._errors import DialectError
 from ..dialects import Audio, Dtmf, Event
 from ..dialects._rtp import RtpSession
 from ..media import Frame, JitterBuffer
+from ..transports import format_peer
 from ._legs import StreamSink
 
 __all__ = ["RELATCH_SILENCE_S", "RtpCallLeg", "format_address"]
@@ -92,8 +93,7 @@ def format_address(addr: Address | None) -> str | None:
     """``ip:port`` (``[v6]:port``) of a socket address, or None."""
     if addr is None:
         return None
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return format_peer((str(addr[0]), int(addr[1])))
 
 
 def _take_socket(sock: trio.socket.SocketType | stdlib_socket.socket) -> stdlib_socket.socket:

@@ -5,17 +5,22 @@
   :class:`WebSocketRequest`.
 * TCP: :func:`open_tcp_listener(s) <open_tcp_listeners>` with ``SO_REUSEPORT``,
   :func:`set_nodelay`, :func:`serve_tcp`, and :func:`serve_admitted` with an
-  :class:`Admission` (pending connections limited per peer and in all).
+  :class:`Admission` (pending connections limited per peer and in all);
+  :class:`TcpPipe`, a connected stream with the non-blocking writer
+  (``send_nowait`` + ``serve_writer``) that the WebSocket connection has too.
 * UDP: :func:`open_udp_socket`, :class:`UdpPortPool` for RTP ports.
 * :class:`Poller`: one epoll for a process's media sockets (readers in poll mode).
+* Addresses: :func:`parse_host_port` reads every ``host:port`` (``[v6]:port``) bridge
+  is given, :func:`format_peer` writes one.
 
 Errors are the ``TransportError`` family from :mod:`bridge._errors`.
 """
 
+from ._addr import HOST_PORT_FORM, format_peer, host_problem, parse_host_port
 from ._admission import Admission, Pending, Refusal, peer_key
+from ._pipes import TcpPipe
 from ._poller import Poller, PollRegistration, current_poller, use_poller
 from ._tcp import (
-    format_peer,
     open_tcp_listener,
     open_tcp_listeners,
     raise_open_files_limit,
@@ -34,22 +39,26 @@ from ._websocket import (
 )
 
 __all__ = [
+    "HOST_PORT_FORM",
     "Admission",
     "HeadersLike",
     "Pending",
     "PollRegistration",
     "Poller",
     "Refusal",
+    "TcpPipe",
     "UdpPortPool",
     "WebSocketConnection",
     "WebSocketRequest",
     "adopt_websocket_server",
     "current_poller",
     "format_peer",
+    "host_problem",
     "open_tcp_listener",
     "open_tcp_listeners",
     "open_udp_socket",
     "open_websocket_client",
+    "parse_host_port",
     "peer_key",
     "raise_open_files_limit",
     "serve_admitted",

@@ -81,17 +81,7 @@ class NowaitWriter:
                     raise ConnectionClosed(None, self.error)
                 return
             with trio.move_on_after(self.send_timeout_s) as scope:
-                while self._backlog and not self.closed:
-                    await trio.lowlevel.wait_writable(self.fd)
-                    try:
-                        n = os.write(self.fd, self._backlog)
-                    except BlockingIOError:
-                        continue
-                    except OSError as exc:
-                        self._fail(exc.strerror or str(exc))
-                        raise ConnectionClosed(None, self.error or "") from exc
-                    self.bytes_sent += n
-                    del self._backlog[:n]
+                await self._write_backlog()
             if scope.cancelled_caught:
                 self._fail(f"send timed out after {self.send_timeout_s:g}s")
                 raise TransportTimeout("send", self.send_timeout_s)
@@ -101,15 +91,25 @@ class NowaitWriter:
     async def flush(self, timeout_s: float) -> None:
         """Best effort: write out the backlog within ``timeout_s`` (used on close)."""
         with trio.move_on_after(timeout_s):
-            while self._backlog and not self.closed:
-                await trio.lowlevel.wait_writable(self.fd)
-                try:
-                    n = os.write(self.fd, self._backlog)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return
-                del self._backlog[:n]
+            try:
+                await self._write_backlog()
+            except ConnectionClosed:
+                return
+
+    async def _write_backlog(self) -> None:
+        """Write the backlog as fast as the kernel takes it; unbounded in time (the
+        callers' cancel scopes bound it). A write error fails the writer."""
+        while self._backlog and not self.closed:
+            await trio.lowlevel.wait_writable(self.fd)
+            try:
+                n = os.write(self.fd, self._backlog)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self._fail(exc.strerror or str(exc))
+                raise ConnectionClosed(None, self.error or "") from exc
+            self.bytes_sent += n
+            del self._backlog[:n]
 
 
 @attrs.define(slots=True, eq=False)
@@ -118,6 +118,9 @@ class TcpPipe:
 
     stream: trio.SocketStream
     send_timeout_s: float = 2.0
+    #: Bytes the kernel has not taken that may wait in the backlog before the pipe
+    #: fails (the peer is not reading).
+    max_backlog_bytes: int = 4 << 20
     writer: NowaitWriter = attrs.field(init=False)
     _fd: int = attrs.field(init=False)
     _closed: bool = False
@@ -127,7 +130,7 @@ class TcpPipe:
 
     def __attrs_post_init__(self) -> None:
         self._fd = self.stream.socket.fileno()
-        self.writer = NowaitWriter(self._fd, self.send_timeout_s)
+        self.writer = NowaitWriter(self._fd, self.send_timeout_s, self.max_backlog_bytes)
 
     @property
     def backlog_bytes(self) -> int:

@@ -20,10 +20,10 @@ from typing import NoReturn
 
 import trio
 
+from ._addr import format_peer
 from ._admission import Admission, Pending, Refusal
 
 __all__ = [
-    "format_peer",
     "open_tcp_listener",
     "open_tcp_listeners",
     "raise_open_files_limit",
@@ -234,12 +234,6 @@ _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 Peer = tuple[str, int]
 AdmittedHandler = Callable[[trio.SocketStream, Peer, Pending], Awaitable[object]]
-
-
-def format_peer(peer: Peer) -> str:
-    """``"192.0.2.1:5060"``, ``"[2001:db8::1]:5060"``."""
-    host, port = peer
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _abort(sock: trio.socket.SocketType) -> None:

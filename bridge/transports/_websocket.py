@@ -83,8 +83,9 @@ from .._errors import (
     TransportTimeout,
 )
 from .._version import __version__
+from ._addr import format_peer
 from ._admission import Admission, Pending, Refusal
-from ._tcp import format_peer, listener_addresses, open_tcp_listeners, serve_admitted, socket_of
+from ._tcp import listener_addresses, open_tcp_listeners, serve_admitted, socket_of
 
 __all__ = [
     "FRAMING_ERROR_KINDS",

@@ -25,14 +25,12 @@ import pytest
 import trio
 
 from bridge._errors import ConfigError, ConnectionClosed
-from bridge.daemon._call import CallGenerator, CallOptions
-from bridge.daemon._callsignal import Watermark
 from bridge.daemon._config import Config
 from bridge.daemon._daemon import Daemon
-from bridge.daemon._echoserver import EchoOptions, EchoServer, serve_echo
 from bridge.dialects import Audio, Clear, Dtmf, Event, Hangup, Mark
 from bridge.dialects._sln import SlnApp
 from bridge.media import PCMA, PCMU
+from bridge.tools import CallGenerator, CallOptions, EchoOptions, EchoServer, Watermark, serve_echo
 from bridge.transports import WebSocketConnection, WebSocketRequest, serve_websocket
 
 from .asclient import AudioSocketCaller

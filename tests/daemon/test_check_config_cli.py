@@ -10,13 +10,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from bridge.daemon._config import load_config, parse_config
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "bridge.example.toml"
-
-if not (REPO / "bridge" / "daemon" / "_cli.py").exists():
-    pytest.skip("bridge/daemon/_cli.py is not written yet", allow_module_level=True)
-
-from bridge.daemon._config import load_config, parse_config  # noqa: E402
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:

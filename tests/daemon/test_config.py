@@ -181,6 +181,26 @@ def test_parse_listen_rejects(text: str) -> None:
         parse_listen(text)
 
 
+def test_parse_listen_says_what_a_listener_key_takes() -> None:
+    # The shared parser's messages, with the config's own hint where the form is wrong.
+    with pytest.raises(ValueError) as info:
+        parse_listen("nohost")
+    assert str(info.value) == (
+        "invalid address 'nohost'; expected \"host:port\","
+        ' e.g. "127.0.0.1:8080" or "[::1]:8080" ("" disables)'
+    )
+    with pytest.raises(ValueError) as info:
+        parse_listen(":8080")
+    assert str(info.value).startswith("the host is empty (use 0.0.0.0 for every interface); ")
+    assert str(info.value).endswith('("" disables)')
+    # docs/configuration.md shows this one.
+    with pytest.raises(ValueError) as info:
+        parse_listen("127.0.0.1:70000")
+    assert str(info.value) == (
+        "invalid port '70000' in '127.0.0.1:70000': a port is 1..65535 (0 = any free port)"
+    )
+
+
 # --------------------------------------------------------------------------- error paths
 
 

@@ -17,11 +17,11 @@ import trio
 import trio_websocket
 
 from bridge import HandshakeError
-from bridge.daemon._call import CallOptions, place_call, place_calls
-from bridge.daemon._cli import main
+from bridge._cli import main
 from bridge.daemon._daemon import Daemon
 from bridge.dialects import Connected, Start, Stop
 from bridge.dialects._twilio import TwilioPlatform
+from bridge.tools import CallOptions, place_call, place_calls
 from bridge.transports import open_websocket_client
 
 from .conftest import config_text, make_config

@@ -21,8 +21,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .._errors import ConfigError
-from .._version import __version__
+from ._errors import ConfigError
+from ._version import __version__
 
 __all__ = ["main"]
 
@@ -60,17 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version")
 
-    # The emulator/load generator and the standalone echo server live in their own
-    # modules; a missing optional module must never break run/check-config.
-    try:
-        from ._call import add_call_parser
-        from ._echoserver import add_echo_server_parser
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    else:
-        add_call_parser(sub)
-        add_echo_server_parser(sub)
+    # The emulator/load generator and the standalone echo server: bridge.tools, which
+    # the daemon never imports (the CLI sits above both).
+    from .tools import add_call_parser, add_echo_server_parser
+
+    add_call_parser(sub, configure_logging=_console_logging)
+    add_echo_server_parser(sub, configure_logging=_console_logging)
     return parser
+
+
+def _console_logging(level: str) -> None:
+    """The tools log to the console at their ``--log-level``, formatted as the daemon's
+    console lines (bridge.daemon's set-up; the tools themselves never import the daemon)."""
+    from .daemon._logging import configure_logging
+
+    configure_logging(level, "console")
 
 
 def _config_error(exc: ConfigError, path: str | None) -> int:
@@ -88,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     if args.command in ("run", "check-config"):
-        from ._config import dump_config, load_config
+        from .daemon._config import dump_config, load_config
 
         try:
             config = load_config(args.config)
@@ -97,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             print(f"error: {args.config}: {exc.strerror or exc}", file=sys.stderr)
             return 2
-        from ._tls import check_tls_files
+        from .daemon._tls import check_tls_files
 
         try:
             # Files the config names (the listener's certificate and key) must load too.
@@ -107,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             sys.stdout.write(dump_config(config, redact=not args.show_secrets))
             return 0
-        from ._daemon import run_daemon
+        from .daemon._daemon import run_daemon
 
         return run_daemon(config, config_path=args.config)
 

@@ -17,8 +17,9 @@ Cost (PERFORMANCE.md): it must never be what limits a measurement of bridge, so
 
 * one shared :class:`~bridge.streams.Ticker` paces every call (a per-call ``sleep_until``
   loop would cost more than the audio work), and each call's tick encodes and writes its
-  frame synchronously (``os.write`` on the TCP fd, ``sendto`` on the UDP socket,
-  ``send_nowait`` on the WebSocket): no task switch per frame on the send side;
+  frame synchronously (the transports' ``send_nowait`` on the TCP pipe and the
+  WebSocket, which is one ``os.write`` on the fd while the kernel takes it all;
+  ``sendto`` on the UDP socket): no task switch per frame on the send side;
 * each call has one receive task that reads straight from the socket, decodes inline and
   does its bookkeeping in a few attribute updates; nothing is handed to another task.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import functools
 import ipaddress
 import json
 import logging
@@ -43,14 +45,14 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast, get_args
 
 import attrs
 import trio
 
-from .._errors import DialectError, TransportError
+from .._errors import ConnectionClosed, DialectError, TransportError
 from ..dialects import Audio, Clear, Connected, Event, Hangup, Mark, Message, Start, Stop
 from ..dialects._audiosocket import AudioSocketPlatform, audio_kind
 from ..dialects._plivo import PlivoPlatform
@@ -59,8 +61,14 @@ from ..dialects._sln import SlnPlatform
 from ..dialects._telnyx import TelnyxPlatform
 from ..dialects._twilio import TwilioPlatform
 from ..media import LatenessHistogram, PacingClock, frame_bytes, write_wav
-from ..streams import Ticker, TickHandle
-from ..transports import WebSocketConnection, open_websocket_client
+from ..streams import Pipe, Ticker, TickHandle
+from ..transports import (
+    TcpPipe,
+    format_peer,
+    open_websocket_client,
+    parse_host_port,
+)
+from ._args import at_least_1, duration, positive_float
 from ._callsignal import MAX_FRAMES, Watermark, frames_of, speech_like, tone, wav_signal
 
 if TYPE_CHECKING:
@@ -211,7 +219,7 @@ class CallOptions:
             raise ValueError(f"a {self.ptime_ms} ms frame is too short for the watermark")
         target = self.resolved_target
         if self.transport == "audiosocket":
-            _host_port(target)
+            parse_host_port(target)
         elif self.transport == "rtp":
             if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
                 raise ValueError(f"rtp target {target!r}: expected the admin URL http://HOST:PORT")
@@ -273,13 +281,6 @@ class CallOptions:
         else:
             pcm = speech_like(rate)
         return frames_of(pcm, frame_bytes(rate, self.ptime_ms))
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"{text!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 # ======================================================================================
@@ -531,90 +532,50 @@ class _Leg(Protocol):
         ...
 
 
-@attrs.define(slots=True, eq=False)
-class _TcpLeg:
-    """AudioSocket: a TCP connection driven through its fd (as bridge's transport does)."""
-
-    stream: trio.SocketStream
-    fd: int
-    pending: bytearray = attrs.field(factory=bytearray)
-
-    def send_nowait(self, message: Message) -> None:
-        assert isinstance(message, bytes)
-        if not message:
-            return
-        pending = self.pending
-        if pending:
-            pending += message
-            self._flush()
-            return
-        try:
-            written = os.write(self.fd, message)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            raise CallFailed("send_failed", str(exc)) from None
-        if written < len(message):
-            pending += message[written:]
-
-    def _flush(self) -> None:
-        pending = self.pending
-        try:
-            written = os.write(self.fd, pending)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            raise CallFailed("send_failed", str(exc)) from None
-        del pending[:written]
-        if len(pending) > _MAX_PENDING:
-            raise CallFailed("send_failed", f"peer is not reading ({len(pending)} bytes queued)")
-
-    async def receive_loop(self, call: Call) -> None:
-        fd = self.fd
-        on_message = call.on_message
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise CallFailed("remote_hangup", f"connection lost: {exc}") from None
-            if not data:
-                raise CallFailed("remote_hangup", "the server closed the connection")
-            on_message(data, trio.current_time())
-
-    async def serve(self) -> None:
-        return
+def _closed_why(exc: TransportError) -> str:
+    # A TCP pipe closes with no close code: its reason ("EOF", "Broken pipe", "send
+    # backlog over its limit") is the whole story, and str() would leave it out.
+    if isinstance(exc, ConnectionClosed) and exc.code is None and exc.reason:
+        return f"{exc}: {exc.reason}"
+    return str(exc)
 
 
 @attrs.define(slots=True, eq=False)
-class _WsLeg:
-    """Carrier media streams and sln: one WebSocket."""
+class _PipeLeg:
+    """AudioSocket (a :class:`~bridge.transports.TcpPipe`), carrier media streams and
+    sln (a WebSocket): a transport pipe, written with its non-blocking writer as the
+    daemon writes its own legs (``send_nowait``; a backlog only if the kernel refuses,
+    flushed by ``serve_writer``)."""
 
-    ws: WebSocketConnection
+    pipe: Pipe
 
     def send_nowait(self, message: Message) -> None:
         try:
-            self.ws.send_nowait(message)
+            self.pipe.send_nowait(message)
         except TransportError as exc:
-            raise CallFailed("send_failed", str(exc)) from None
+            raise CallFailed("send_failed", _closed_why(exc)) from None
 
     async def receive_loop(self, call: Call) -> None:
-        receive = self.ws.receive
+        receive = self.pipe.receive
         on_message = call.on_message
         while True:
             try:
                 message = await receive()
             except TransportError as exc:
-                raise CallFailed("remote_hangup", str(exc)) from None
+                raise CallFailed("remote_hangup", _closed_why(exc)) from None
             on_message(message, trio.current_time())
 
     async def serve(self) -> None:
         try:
-            await self.ws.serve_writer()
+            await self.pipe.serve_writer()
         except TransportError:
-            pass  # the receiver reports it
+            pass  # the pipe is closed: the next send or the receiver reports why
+
+
+def _tcp_leg(stream: trio.SocketStream) -> _PipeLeg:
+    """AudioSocket's leg. No send timeout: the byte limit alone says the peer is not
+    reading (a platform keeps writing to a slow AudioSocket server)."""
+    return _PipeLeg(TcpPipe(stream, send_timeout_s=math.inf, max_backlog_bytes=_MAX_PENDING))
 
 
 @attrs.define(slots=True, eq=False)
@@ -827,14 +788,14 @@ class Call:
         t = opts.transport
         target = opts.resolved_target
         if t == "audiosocket":
-            host, port = _host_port(target)
+            host, port = parse_host_port(target)
             try:
                 with trio.fail_after(opts.connect_timeout_s):
                     stream = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError) as exc:
                 raise CallFailed("connect_failed", f"{target}: {exc or 'timed out'}") from None
             async with stream:
-                self._leg = _TcpLeg(stream, stream.socket.fileno())
+                self._leg = _tcp_leg(stream)
                 yield
         elif t == "rtp":
             async with self._rtp_stream():
@@ -854,7 +815,7 @@ class Call:
                     )
                 except (TransportError, OSError, ValueError) as exc:
                     raise CallFailed("connect_failed", f"{target}: {exc}") from None
-                self._leg = _WsLeg(ws)
+                self._leg = _PipeLeg(ws)
                 yield
 
     @asynccontextmanager
@@ -867,7 +828,7 @@ class Call:
         sock = await _open_rtp_socket(admin_host)
         try:
             local_ip, local_port = sock.getsockname()[:2]
-            remote = f"[{local_ip}]:{local_port}" if ":" in local_ip else f"{local_ip}:{local_port}"
+            remote = format_peer((local_ip, local_port))
             body = {
                 "call_id": self.dialect.call_id,
                 "route": opts.route,
@@ -888,7 +849,7 @@ class Call:
             answer = response.json()
             stream_id = str(answer["stream_id"])
             self.result.stream_id = stream_id
-            host, port = _host_port(str(answer["local"]))
+            host, port = parse_host_port(str(answer["local"]), ip_only=True)
             if ipaddress.ip_address(host).is_unspecified:
                 host = local_ip  # bound to the wildcard: reachable where the admin API is
             self._leg = _UdpLeg(sock, (host, port))
@@ -1302,43 +1263,12 @@ async def _show_live(gen: CallGenerator, console: Console) -> None:
 # ======================================================================================
 
 
-def _duration(text: str) -> float:
-    from ._config import parse_duration
-
-    try:
-        value = float(text)  # a bare number is seconds
-    except ValueError:
-        try:
-            value = parse_duration(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
-    return value
-
-
-def _int_at_least_1(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``bridge call`` to the CLI's subparsers."""
+def add_call_parser(
+    subparsers: Any, *, configure_logging: Callable[[str], None]
+) -> argparse.ArgumentParser:
+    """Add ``bridge call`` to the CLI's subparsers; ``configure_logging(level)`` sends
+    the ``bridge`` logger to the console (the CLI's set-up: the tools do not import the
+    daemon)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "call",
         help="place test calls / generate load and measure the round trip",
@@ -1391,7 +1321,7 @@ def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
     signal_group.add_argument(
         "--tone",
         metavar="HZ",
-        type=_positive_float,
+        type=positive_float,
         help="play a sine tone (default: a built-in speech-like signal)",
     )
     p.add_argument(
@@ -1401,28 +1331,28 @@ def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--duration",
-        type=_duration,
+        type=duration,
         default=10.0,
         metavar="D",
         help="how long each call sends audio: 10s, 500ms, 2m (default: 10s)",
     )
     p.add_argument(
         "--calls",
-        type=_int_at_least_1,
+        type=at_least_1,
         default=1,
         metavar="N",
         help="number of calls (default: %(default)s)",
     )
     p.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="R",
         help="calls started per second (default: %(default)s)",
     )
     p.add_argument(
         "--sample-rate",
-        type=_int_at_least_1,
+        type=at_least_1,
         default=8000,
         metavar="HZ",
         help="wire sample rate (default: %(default)s)",
@@ -1436,21 +1366,21 @@ def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ptime",
-        type=_int_at_least_1,
+        type=at_least_1,
         default=20,
         metavar="MS",
         help="frame length in ms (default: %(default)s)",
     )
     p.add_argument(
         "--tail",
-        type=_duration,
+        type=duration,
         default=1.0,
         metavar="D",
         help="after the last frame, wait this long at most for the echo (default: 1s)",
     )
     p.add_argument(
         "--connect-timeout",
-        type=_duration,
+        type=duration,
         default=5.0,
         metavar="D",
         help="connect/handshake/POST timeout (default: 5s)",
@@ -1466,13 +1396,11 @@ def add_call_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="warning",
         help="(default: %(default)s)",
     )
-    p.set_defaults(handler=_main)
+    p.set_defaults(handler=functools.partial(_main, configure_logging=configure_logging))
     return p
 
 
-def _main(args: argparse.Namespace) -> int:
-    from ._logging import configure_logging
-
+def _main(args: argparse.Namespace, *, configure_logging: Callable[[str], None]) -> int:
     try:
         options = CallOptions(
             transport=args.transport,
@@ -1503,7 +1431,7 @@ def _main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"bridge call: error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level, "console")
+    configure_logging(args.log_level)
 
     from rich.console import Console
 

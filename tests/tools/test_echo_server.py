@@ -21,16 +21,16 @@ import pytest
 import trio
 
 from bridge._errors import ConnectionClosed, HandshakeRejected
-from bridge.daemon._echoserver import EchoOptions, EchoServer, serve_echo
 from bridge.dialects import Audio, Connected, Mark, Start, Stop
 from bridge.dialects._encapsulated import AudioSocketWsPlatform, RtpWsPlatform
 from bridge.dialects._plivo import PlivoPlatform
 from bridge.dialects._sln import SlnPlatform
 from bridge.dialects._telnyx import TelnyxPlatform
 from bridge.dialects._twilio import TwilioPlatform
+from bridge.tools import EchoOptions, EchoServer, serve_echo
 from bridge.transports import WebSocketConnection, open_websocket_client
 
-from .rtpclient import ulaw_frame
+from ..daemon.rtpclient import ulaw_frame
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

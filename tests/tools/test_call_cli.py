@@ -18,20 +18,25 @@ from typing import Any
 import pytest
 import trio
 
-from bridge.daemon._call import CallOptions, CallReport, place_call, place_calls
-from bridge.daemon._callsignal import (
+from bridge._cli import main
+from bridge.media import Resampler, read_wav
+from bridge.tools import (
     ALPHABET,
     MAX_FRAMES,
+    CallOptions,
+    CallReport,
+    EchoOptions,
+    EchoServer,
     Watermark,
     frames_of,
+    place_call,
+    place_calls,
+    serve_echo,
     speech_like,
     tone,
 )
-from bridge.daemon._cli import main
-from bridge.daemon._echoserver import EchoOptions, EchoServer, serve_echo
-from bridge.media import Resampler, read_wav
 
-from .conftest import make_config
+from ..daemon.conftest import make_config
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -39,6 +39,7 @@ import logging
 import select
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, Final, Literal, NoReturn, Protocol, cast, get_args
 
 import attrs
@@ -51,14 +52,20 @@ from ..dialects._plivo import PlivoApp
 from ..dialects._sln import SlnApp, decode_control
 from ..dialects._telnyx import TelnyxApp
 from ..dialects._twilio import TwilioApp
-from ..transports import WebSocketConnection, WebSocketRequest, serve_websocket
+from ..transports import (
+    WebSocketConnection,
+    WebSocketRequest,
+    format_peer,
+    parse_host_port,
+    serve_websocket,
+)
+from ._args import at_least_1
 
 __all__ = [
     "EchoOptions",
     "EchoServer",
     "EchoStats",
     "add_echo_server_parser",
-    "parse_listen",
     "serve_echo",
 ]
 
@@ -221,10 +228,7 @@ class EchoServer:
 
     @property
     def url(self) -> str:
-        host, port = self.addresses[0]
-        if ":" in host:
-            host = f"[{host}]"
-        return f"ws://{host}:{port}"
+        return f"ws://{format_peer(self.addresses[0])}"
 
     async def handle(self, request: WebSocketRequest) -> None:
         opts = self.options
@@ -361,26 +365,6 @@ async def serve_echo(
 # ---------------------------------------------------------------------------------- CLI
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> ``(host, port)``; ValueError otherwise."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r}: expected host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "127.0.0.1", int(port)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def _status(text: str) -> int:
     try:
         value = int(text)
@@ -391,8 +375,12 @@ def _status(text: str) -> int:
     return value
 
 
-def add_echo_server_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``bridge echo-server`` to the CLI's subparsers."""
+def add_echo_server_parser(
+    subparsers: Any, *, configure_logging: Callable[[str], None]
+) -> argparse.ArgumentParser:
+    """Add ``bridge echo-server`` to the CLI's subparsers; ``configure_logging(level)``
+    sends the ``bridge`` logger to the console (the CLI's set-up: the tools do not
+    import the daemon)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "echo-server",
         help="a standalone WebSocket echo application (demos, tests, benchmarks)",
@@ -425,13 +413,13 @@ def add_echo_server_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--drop-after",
-        type=_positive,
+        type=at_least_1,
         metavar="N",
         help="abort each connection (no closing handshake) after N audio frames",
     )
     p.add_argument(
         "--stall-after",
-        type=_positive,
+        type=at_least_1,
         metavar="N",
         help="stop reading and echoing after N audio frames, keeping the socket open",
     )
@@ -447,15 +435,14 @@ def add_echo_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="info",
         help="(default: %(default)s)",
     )
-    p.set_defaults(handler=_main)
+    p.set_defaults(handler=functools.partial(_main, configure_logging=configure_logging))
     return p
 
 
-def _main(args: argparse.Namespace) -> int:
-    from ._logging import configure_logging
-
+def _main(args: argparse.Namespace, *, configure_logging: Callable[[str], None]) -> int:
     try:
-        host, port = parse_listen(args.listen)
+        # ":9000" listens on loopback, as the default does.
+        host, port = parse_host_port(args.listen, listen=True, default_host="127.0.0.1")
         options = EchoOptions(
             host=host,
             port=port,
@@ -468,7 +455,7 @@ def _main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level, "console")
+    configure_logging(args.log_level)
     if args.log_level != "debug":
         # websockets logs every connection open/close at INFO: one line per call is
         # noise at benchmark scale.
