@@ -24,11 +24,12 @@ codec on the way reproduces exactly:
   base-16 digits (so 2^20 frames, 5.8 hours at 20 ms), and a check digit (odd weights,
   so any single wrong digit is caught). Each symbol is held for ``R = 4 * ceil(rate /
   8000)`` samples (4 at 8 kHz: the stamp is 32 of a frame's 160 samples) and the stamp
-  starts ``R`` samples into the frame. Holding values makes the stamp survive a
-  resampler on the path too (linear interpolation of a run of equal values gives the
-  value back; decimation keeps some of them), and the margin survives the
-  fraction-of-a-sample shift that resampling puts on frame edges. Tested through
-  8<->16, 8<->48, 16<->24 and 8<->44.1 kHz round trips with µ-law and A-law on the way.
+  starts ``R`` samples into the frame; the margin survives a shift of a few samples.
+  **Not through a resampler**: bridge's band-limited resampler (a 70 dB linear-phase
+  FIR) smears the steps between held values by tens to hundreds of LSB, so a stamp that
+  crossed a rate change reads as "no stamp" (never as a wrong number: tested). On such
+  a path compare the audio itself (the tests of resampled routes do), or use the
+  media-quality rig (``make quality``), which identifies frames by correlation.
   The reader asks for the two middle samples of every symbol to agree, which makes a
   chance match in quiet noise (whose G.711 values can all be in the alphabet) vanishingly
   rare.
