@@ -299,6 +299,14 @@ class CallAnalysis:
     recovery: list[float | None] = field(default_factory=list)
     """Per impairment window: seconds from its end until back within 5 ms for good
     (None: never)."""
+    steady_arrival_ms: float | None = None
+    recovery_arrival: list[float | None] = field(default_factory=list)
+    """``recovery`` measured at arrival. The serial-playout figure above also moves
+    whenever the *rig* reads a frame late (its own event loop stalled on a loaded
+    machine: every later frame then plays that much later in the model); at arrival a
+    stall of the rig touches only the frames it held. What the at-play figure adds is
+    backlog sent faster than real time, which the playout policy never does (tested
+    frame by frame in tests/media/test_playout_policy.py)."""
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "latency"}
@@ -306,6 +314,9 @@ class CallAnalysis:
             if isinstance(v, float):
                 d[k] = round(v, 3)
         d["recovery"] = [None if r is None else round(r, 3) for r in self.recovery]
+        d["recovery_arrival"] = [
+            None if r is None else round(r, 3) for r in self.recovery_arrival
+        ]
         return d
 
 
@@ -415,11 +426,26 @@ def analyze(
         elif not windows:
             a.steady_ms = float(np.median(lats))
         series = [(x[0], x[1]) for x in a.latency]
+        arr = np.array(arrival_ms)
+        pre_arr = arr[(ts >= 0.5) & (ts < first)]
+        if len(pre_arr) >= 10:
+            a.steady_arrival_ms = float(np.median(pre_arr))
+        elif a.steady_ms is not None and baseline_ms is None and not windows:
+            a.steady_arrival_ms = float(np.median(arr))
+        elif a.steady_ms is not None:
+            # A burst at the start: the same offset from the at-play baseline as the
+            # call's end shows between the two measures.
+            a.steady_arrival_ms = a.steady_ms - (a.final_ms - a.final_arrival_ms)
+        arrival_series = [(x[0], v) for x, v in zip(a.latency, arrival_ms, strict=True)]
         if a.steady_ms is not None:
             ends = sorted(windows)
             for i, (_s, e) in enumerate(ends):
                 until = ends[i + 1][0] if i + 1 < len(ends) else math.inf
                 a.recovery.append(recovery_s(series, e, a.steady_ms, until_s=until))
+                if a.steady_arrival_ms is not None:
+                    a.recovery_arrival.append(
+                        recovery_s(arrival_series, e, a.steady_arrival_ms, until_s=until)
+                    )
     return a
 
 
