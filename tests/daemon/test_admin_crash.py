@@ -51,7 +51,9 @@ def crash_request(addr: tuple[str, int], auth: bool) -> None:
     """Send the request on a fresh connection, read once, close (as the finding did)."""
     request = CRASH
     if auth:
-        request = request.replace(b"Host: x\r\n", f"Host: x\r\nAuthorization: Bearer {TOKEN}\r\n".encode())
+        request = request.replace(
+            b"Host: x\r\n", f"Host: x\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
+        )
     with socket.create_connection(addr, timeout=5) as sock:
         sock.sendall(request)
         try:
