@@ -15,7 +15,8 @@ The tree (httpx style)::
     ├── StreamError                 the stream engine could not do what was asked
     │   ├── StreamRefused           a new stream was refused (reason: max_streams, draining, no_route, ...)
     │   └── StreamNotFound          no live or recorded stream has that id
-    └── OutboxError                 the durable event outbox could not be read or written
+    ├── OutboxError                 the durable event outbox could not be read or written
+    └── ListenerError               a listener could not bind (or start on) its address at start-up
 
 Media code (``bridge.media``) is below this module in the layering and raises
 plain ``ValueError`` for bad arguments; dialects wrap what they see from the wire
@@ -31,6 +32,7 @@ __all__ = [
     "DialectError",
     "HandshakeError",
     "HandshakeRejected",
+    "ListenerError",
     "MessageTooBig",
     "OutboxError",
     "StreamError",
@@ -132,3 +134,17 @@ class StreamNotFound(StreamError):
 
 class OutboxError(BridgeError):
     """The durable event outbox could not be read or written."""
+
+
+class ListenerError(BridgeError):
+    """A listener could not bind (or start serving on) its address at start-up.
+
+    The message names both, e.g. ``admin listener 127.0.0.1:8081: [Errno 98] Address
+    already in use``; ``cause`` is the underlying error (usually an OSError).
+    """
+
+    def __init__(self, listener: str, address: str, cause: BaseException) -> None:
+        self.listener = listener
+        self.address = address
+        self.cause = cause
+        super().__init__(f"{listener} listener {address}: {cause}")

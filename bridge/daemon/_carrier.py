@@ -142,6 +142,7 @@ async def serve_carrier_websocket(
     daemon: Daemon,
     config: WebSocketConfig,
     *,
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     addr = config.listen_addr
@@ -161,7 +162,7 @@ async def serve_carrier_websocket(
             daemon.bad_input(LISTENER, "bad_handshake", f"{peer}: {why}")
 
         bound: list[tuple[str, int]] = await nursery.start(
-            _serve, handler, addr, config, bad_handshake
+            _serve, handler, addr, config, bad_handshake, listeners
         )
         logger.info("WebSocket listening on %s:%d", bound[0][0], bound[0][1])
         task_status.started(bound[0])
@@ -172,6 +173,7 @@ async def _serve(
     addr: tuple[str, int],
     config: WebSocketConfig,
     on_bad_handshake: Callable[[str, str], None],
+    listeners: list[trio.SocketListener] | None = None,
     *,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -184,6 +186,7 @@ async def _serve(
         max_handshakes=config.max_handshakes,
         max_message_bytes=config.max_message_bytes,
         reuse_port=config.reuse_port,
+        listeners=listeners,
         # Carriers keep their own keepalive; a dead carrier shows as a failed send.
         ping_interval_s=20.0,
         ping_timeout_s=20.0,

@@ -96,6 +96,7 @@ class Metrics:
     ticker_lag: Histogram = attrs.field(init=False)
     draining: Gauge = attrs.field(init=False)
     tasks: Gauge = attrs.field(init=False)
+    listener_failures: Counter = attrs.field(init=False)
 
     _frames_up: Counter = attrs.field(init=False, repr=False)
     _frames_down: Counter = attrs.field(init=False, repr=False)
@@ -190,6 +191,13 @@ class Metrics:
             registry=r,
         )
         self.tasks.set_function(trio_task_count)
+        self.listener_failures = Counter(
+            "bridge_listener_failures",
+            "Failures of a listener's serve loop (admin, audiosocket, websocket, rtp), each"
+            " contained and followed by a restart on the same socket.",
+            ("listener",),
+            registry=r,
+        )
 
         # Pre-bound children: labels() is the expensive part of an increment.
         self._frames_up = self.frames.labels("call_to_app")
