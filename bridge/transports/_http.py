@@ -87,7 +87,7 @@ class HttpLimits:
     #: From a request's first byte to its last (slow headers, slow bodies): 408 beyond.
     request_timeout_s: float = 5.0
     #: The handler's time to answer: 503 beyond.
-    handler_timeout_s: float = 30.0
+    handler_timeout_s: float = 10.0
     #: Writing one response (a client that does not read): dropped beyond.
     send_timeout_s: float = 10.0
     #: Reading and dropping what a client still sends after our last response.
@@ -499,25 +499,35 @@ class HttpServer:
     async def _converse(
         self, stream: trio.SocketStream, address: str, peer: tuple[str, int]
     ) -> None:
+        # One cancel scope for the whole connection, its deadline moved at each phase
+        # (idle, request, handler, send): a scope per phase costs more than the parsing.
         limits = self.limits
         stats = self.stats
         pending = b""
         eof = False
-        for served in range(limits.max_requests_per_connection):
-            # A fresh parser per request cycle: h11's own cycle needs its writer too.
-            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
-            if pending:
+        phase = "idle"
+        # Moving a deadline costs more than parsing a request line, so a deadline is only
+        # moved when it changes by more than a tenth of the new limit.
+        with trio.CancelScope(deadline=trio.current_time() + limits.idle_timeout_s) as scope:
+            for served in range(limits.max_requests_per_connection):
+                if not pending:
+                    # Idle: no parser until a byte arrives (a client that closes after
+                    # its answer costs one receive, nothing more).
+                    phase = "idle"
+                    _move(scope, limits.idle_timeout_s)
+                    pending = await stream.receive_some(_RECEIVE_BYTES)
+                    if not pending:
+                        return
+                phase = "request"
+                _move(scope, limits.request_timeout_s)
+                conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
                 conn.receive_data(pending)
-            if eof:
-                conn.receive_data(b"")
-            head: h11.Request | None = None
-            body = bytearray()
-            started = bool(pending)
-            continued = False
-            now = trio.current_time()
-            with trio.move_on_at(
-                now + (limits.request_timeout_s if started else limits.idle_timeout_s)
-            ) as scope:
+                if eof:
+                    conn.receive_data(b"")
+                head: h11.Request | None = None
+                headers: list[tuple[bytes, bytes]] = []
+                body = bytearray()
+                continued = False
                 while True:
                     try:
                         event = conn.next_event()
@@ -530,6 +540,7 @@ class HttpServer:
                         status = exc.error_status_hint
                         stats.count(stats.errors, "malformed")
                         self._debug("HTTP bad request from %s:%d: %s", peer, exc)
+                        scope.deadline = math.inf  # _fail has its own limits
                         await self._fail(stream, status, str(exc) or HTTPStatus(status).phrase)
                         return
                     if event is h11.NEED_DATA:
@@ -539,117 +550,132 @@ class HttpServer:
                             and conn.they_are_waiting_for_100_continue
                         ):
                             continued = True
-                            await self._send(stream, b"HTTP/1.1 100 Continue\r\n\r\n")
+                            await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                         data = await stream.receive_some(_RECEIVE_BYTES)
                         if not data:
                             eof = True
-                        elif not started:
-                            started = True
-                            scope.deadline = trio.current_time() + limits.request_timeout_s
                         conn.receive_data(data)
                         continue
                     kind = type(event)
-                    if kind is h11.Request:
-                        assert isinstance(event, h11.Request)
-                        head = event
-                        wait_s = self.peers.take(address, trio.current_time())
-                        if wait_s:
-                            stats.count(stats.refused, "rate_limited")
-                            self._debug("HTTP client %s:%d over its rate limit", peer)
-                            await self._fail(stream, 429, "too many requests; slow down", wait_s)
-                            return
-                        # h11 enforces max_incomplete_event_size only on a head that
-                        # is still incomplete; one that arrived whole is measured here.
-                        if _head_bytes(event) > limits.max_header_bytes:
-                            stats.count(stats.errors, "malformed")
-                            await self._fail(
-                                stream, 431, f"request head over {limits.max_header_bytes} bytes"
-                            )
-                            return
-                        length = _content_length(event)
-                        if length is not None and length > limits.max_body_bytes:
-                            stats.count(stats.errors, "too_large")
-                            await self._fail(
-                                stream, 413, f"body over {limits.max_body_bytes} bytes"
-                            )
-                            return
-                    elif kind is h11.Data:
+                    if kind is h11.Data:
                         assert isinstance(event, h11.Data)
                         body += event.data
                         if len(body) > limits.max_body_bytes:
                             stats.count(stats.errors, "too_large")
+                            scope.deadline = math.inf
                             await self._fail(
                                 stream, 413, f"body over {limits.max_body_bytes} bytes"
                             )
                             return
                     elif kind is h11.EndOfMessage:
                         break
-                    elif kind is h11.ConnectionClosed:
-                        return  # closed between requests: the normal end
-                    else:  # PAUSED cannot happen on a fresh parser; be safe
+                    elif kind is h11.Request:
+                        assert isinstance(event, h11.Request)
+                        head = event
+                        # One pass over the headers (h11's Headers iterate slowly).
+                        headers = [(n.lower(), v) for n, v in event.headers.raw_items()]
+                        refusal = self._check_head(event, headers, address)
+                        if refusal is not None:
+                            scope.deadline = math.inf
+                            await self._fail(stream, *refusal)
+                            return
+                    else:  # ConnectionClosed cannot come first on a fresh parser; PAUSED neither
                         return
-            if scope.cancelled_caught:
-                if not started:
-                    return  # idle: close quietly
+                assert head is not None
+                phase = "handler"
+                _move(scope, limits.handler_timeout_s)
+                response, close = await self._respond(head, headers, bytes(body), peer)
+                close = (
+                    close
+                    or served + 1 >= limits.max_requests_per_connection
+                    or eof
+                    or _wants_close(head, headers)
+                )
+                try:
+                    data = render_response(response, head=head.method == b"HEAD", close=close)
+                except ValueError:
+                    held = self._error_log.allow()
+                    if held is not None:
+                        self.logger.exception("HTTP handler returned a bad response")
+                    stats.count(stats.errors, "handler_error")
+                    response = self.error_response(500, "internal error")
+                    data = render_response(response, close=True)
+                    close = True
+                stats.responses[response.status] = stats.responses.get(response.status, 0) + 1
+                phase = "send"
+                _move(scope, limits.send_timeout_s)  # a no-op when it equals the handler's
+                await stream.send_all(data)
+                if close:
+                    break
+                trailing, eof = conn.trailing_data
+                pending = bytes(trailing)
+        if scope.cancelled_caught:
+            if phase == "request":
                 stats.count(stats.errors, "timeout")
                 self._debug("HTTP client %s:%d too slow: request incomplete", peer)
                 await self._fail(
                     stream, 408, f"request not complete within {limits.request_timeout_s:g}s"
                 )
-                return
-            assert head is not None
-            response, close = await self._respond(head, bytes(body), peer)
-            method = head.method
-            close = (
-                close
-                or served + 1 >= limits.max_requests_per_connection
-                or eof
-                or _wants_close(head)
-            )
-            try:
-                data = render_response(response, head=method == b"HEAD", close=close)
-            except ValueError:
-                held = self._error_log.allow()
-                if held is not None:
-                    self.logger.exception("HTTP handler returned a bad response")
-                stats.count(stats.errors, "handler_error")
-                response = self.error_response(500, "internal error")
-                data = render_response(response, close=True)
-                close = True
-            stats.responses[response.status] = stats.responses.get(response.status, 0) + 1
-            await self._send(stream, data)
-            if close:
-                await self._linger(stream, eof)
-                return
-            pending, eof = conn.trailing_data
-            pending = bytes(pending)
+            elif phase == "handler":
+                stats.count(stats.errors, "handler_timeout")
+                self.logger.warning(
+                    "HTTP request from %s:%d took over %gs; answered 503",
+                    *peer,
+                    limits.handler_timeout_s,
+                )
+                await self._fail(stream, 503, "the request took too long")
+            elif phase == "send":
+                stats.count(stats.errors, "send_timeout")
+            return  # idle: close quietly
+        await self._linger(stream, eof)
+
+    def _check_head(
+        self, head: h11.Request, headers: list[tuple[bytes, bytes]], address: str
+    ) -> tuple[int, str, float] | None:
+        """The refusal (status, message, retry-after) for a request head, if any."""
+        limits = self.limits
+        stats = self.stats
+        wait_s = self.peers.take(address, trio.current_time())
+        if wait_s:
+            stats.count(stats.refused, "rate_limited")
+            return 429, "too many requests; slow down", wait_s
+        # h11 enforces max_incomplete_event_size only on a head that is still
+        # incomplete; one that arrived whole is measured here.
+        size = len(head.target) + 16
+        length = None
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if name == b"content-length":
+                length = int(value)  # h11 has validated it
+        if size > limits.max_header_bytes:
+            stats.count(stats.errors, "malformed")
+            return 431, f"request head over {limits.max_header_bytes} bytes", 0.0
+        if length is not None and length > limits.max_body_bytes:
+            stats.count(stats.errors, "too_large")
+            return 413, f"body over {limits.max_body_bytes} bytes", 0.0
+        return None
 
     async def _respond(
-        self, head: h11.Request, body: bytes, peer: tuple[str, int]
+        self,
+        head: h11.Request,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        peer: tuple[str, int],
     ) -> tuple[HttpResponse, bool]:
-        """The handler's response, or the server's 500/503; and whether to close after."""
+        """The handler's response, or the server's 500; and whether to close after.
+        (The handler's time limit is the caller's cancel scope.)"""
         stats = self.stats
         stats.requests += 1
         request = HttpRequest.build(
             head.method.decode("ascii", "replace"),
             head.target.decode("ascii", "replace"),
-            list(head.headers),
+            headers,
             body,
             peer,
             head.http_version.decode("ascii", "replace"),
         )
         try:
-            with trio.fail_after(self.limits.handler_timeout_s):
-                response = await self.handler(request)
-        except trio.TooSlowError:
-            stats.count(stats.errors, "handler_timeout")
-            self.logger.warning(
-                "HTTP %s %s took over %gs; answered 503",
-                request.method,
-                request.path,
-                self.limits.handler_timeout_s,
-            )
-            return self.error_response(503, "the request took too long"), True
+            return await self.handler(request), False
         except Exception:
             stats.count(stats.errors, "handler_error")
             held = self._error_log.allow()
@@ -661,7 +687,6 @@ class HttpServer:
                     extra={"held_back": held},
                 )
             return self.error_response(500, "internal error"), True
-        return response, False
 
     async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
         with trio.move_on_after(self.limits.send_timeout_s) as scope:
@@ -701,26 +726,17 @@ class HttpServer:
             self.logger.debug(msg, peer[0], peer[1], *detail)
 
 
-def _head_bytes(head: h11.Request) -> int:
-    """The size of the request head on the wire, near enough (names, values, separators)."""
-    return len(head.target) + 16 + sum(len(n) + len(v) + 4 for n, v in head.headers)
+def _move(scope: trio.CancelScope, timeout_s: float) -> None:
+    deadline = trio.current_time() + timeout_s
+    if abs(scope.deadline - deadline) > 0.1 * timeout_s:
+        scope.deadline = deadline
 
 
-def _content_length(head: h11.Request) -> int | None:
-    for name, value in head.headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:  # h11 has validated it already
-                return None
-    return None
-
-
-def _wants_close(head: h11.Request) -> bool:
+def _wants_close(head: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
     """RFC 9112 §9.3: HTTP/1.0 closes (we do not do 1.0 keep-alive); ``Connection: close``."""
     if head.http_version != b"1.1":
         return True
-    return any(name == b"connection" and b"close" in value.lower() for name, value in head.headers)
+    return any(name == b"connection" and b"close" in value.lower() for name, value in headers)
 
 
 async def serve_http(
