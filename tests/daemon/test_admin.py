@@ -632,3 +632,25 @@ async def test_stream_ids_are_percent_decoded_and_queries_keep_the_last(
     assert (r.status_code, r.json()["stream_id"]) == (200, "a b")
     r = await client.get("/v1/streams?limit=x&limit=1", headers=AUTH)
     assert r.status_code == 200 and len(r.json()["streams"]) == 1
+
+
+async def test_metrics_render_at_most_every_100ms(
+    client: httpx.AsyncClient, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renders: list[str] = []
+    real = Metrics.render
+
+    def counting(self: Metrics, accept: str = "") -> tuple[bytes, str]:
+        renders.append(accept)
+        return real(self, accept)
+
+    monkeypatch.setattr(Metrics, "render", counting)
+    for _ in range(20):  # a scrape storm: one rendering
+        assert (await client.get("/metrics")).status_code == 200
+    om = {"Accept": "application/openmetrics-text; version=1.0.0"}
+    r = await client.get("/metrics", headers=om)  # the other format: its own rendering
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    assert len(renders) == 2
+    await trio.sleep(0.15)
+    await client.get("/metrics")
+    assert len(renders) == 3
