@@ -214,9 +214,7 @@ class Daemon:
                 nursery,
                 "websocket",
                 ws_addr,
-                lambda: open_tcp_listeners(
-                    ws_addr[0] or None, ws_addr[1], reuse_port=ws_cfg.reuse_port
-                ),
+                lambda: open_tcp_listeners(ws_addr[0], ws_addr[1], reuse_port=ws_cfg.reuse_port),
                 serve_websocket_on,
             )
         if cfg.rtp.ports:
