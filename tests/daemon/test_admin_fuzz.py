@@ -38,8 +38,9 @@ async def test_admin_fuzz_while_three_calls_run(
     daemon_factory: Any, tmp_path: Path, bridge_logs: pytest.LogCaptureFixture
 ) -> None:
     config = make_config(tmp_path)
+    # A 1 s request timeout: the slowloris class (2 s of trickled headers) hits it.
     config = msgspec.structs.replace(
-        config, admin=msgspec.structs.replace(config.admin, token=TOKEN)
+        config, admin=msgspec.structs.replace(config.admin, token=TOKEN, request_timeout="1s")
     )
     with trio.fail_after(60):
         daemon: Daemon = await daemon_factory(config)
@@ -76,7 +77,12 @@ async def test_admin_fuzz_while_three_calls_run(
             r = await http.get("/v1/streams", headers={"Authorization": f"Bearer {TOKEN}"})
             assert r.status_code == 200
         stats = daemon.metrics.registry.get_sample_value
-        assert (stats("bridge_admin_connection_errors_total", {"kind": "malformed"}) or 0) > 0
+        for kind in ("malformed", "too_large", "timeout", "disconnected"):
+            assert (stats("bridge_admin_connection_errors_total", {"kind": kind}) or 0) > 0, kind
+        # Slowloris: 24 connections from one address, 16 allowed at once.
+        assert (
+            stats("bridge_admin_refused_total", {"reason": "max_connections_per_peer"}) or 0
+        ) > 0
         assert (stats("bridge_admin_connection_errors_total", {"kind": "internal"}) or 0) == 0
 
     # ---- nothing the clients did is an ERROR or a traceback
