@@ -38,10 +38,11 @@ async def test_admin_fuzz_while_three_calls_run(
     daemon_factory: Any, tmp_path: Path, bridge_logs: pytest.LogCaptureFixture
 ) -> None:
     config = make_config(tmp_path)
-    # A 1 s request timeout: the slowloris class (2 s of trickled headers) hits it.
-    config = msgspec.structs.replace(
-        config, admin=msgspec.structs.replace(config.admin, token=TOKEN, request_timeout="1s")
-    )
+    # A 1 s request timeout: the slowloris class (2 s of trickled headers) hits it. No
+    # rate limit, so every attack reaches the parser (the limit has its own tests in
+    # tests/transports/test_http.py); the per-peer connection cap stays.
+    admin = msgspec.structs.replace(config.admin, token=TOKEN, request_timeout="1s", rate_limit=0)
+    config = msgspec.structs.replace(config, admin=admin)
     with trio.fail_after(60):
         daemon: Daemon = await daemon_factory(config)
         admin_host, admin_port = daemon.bound["admin"]
@@ -68,16 +69,14 @@ async def test_admin_fuzz_while_three_calls_run(
         # ---- the daemon is up, the admin listener never failed, and it still serves
         assert daemon.supervisors["admin"].failures == 0
         async with httpx.AsyncClient(base_url=f"http://{admin_host}:{admin_port}") as http:
-            for _ in range(100):  # the fuzz may have emptied this address's bucket
-                r = await http.get("/healthz")
-                if r.status_code != 429:
-                    break
-                await trio.sleep(0.1)
+            r = await http.get("/healthz")
             assert r.status_code == 200
             r = await http.get("/v1/streams", headers={"Authorization": f"Bearer {TOKEN}"})
             assert r.status_code == 200
         stats = daemon.metrics.registry.get_sample_value
-        for kind in ("malformed", "too_large", "timeout", "disconnected"):
+        # (Which other kinds show depends on what the slowloris round's per-peer cap
+        # refused at the time; tests/transports/test_http.py covers each.)
+        for kind in ("malformed", "timeout"):
             assert (stats("bridge_admin_connection_errors_total", {"kind": kind}) or 0) > 0, kind
         # Slowloris: 24 connections from one address, 16 allowed at once.
         assert (
