@@ -409,20 +409,38 @@ def attack(workdir: Path, *, crash_requests: int = 10_000, fuzz_rounds: int = 2_
 # ====================================================================================
 
 
+def wait_quiet(max_wait_s: float, *, percent: float = 25.0, sample_s: float = 2.0) -> float:
+    """Wait (at most ``max_wait_s``) until the other processes on the machine use less
+    than ``percent`` of a core; their share in the last sample."""
+    deadline = time.monotonic() + max_wait_s
+    ours = {os.getpid()}
+    while True:
+        a0, t0 = P.process_cpu(), time.monotonic()
+        time.sleep(sample_s)
+        share = 100 * P.others_cpu_s(a0, P.process_cpu(), ours) / (time.monotonic() - t0)
+        if share < percent or time.monotonic() >= deadline:
+            return round(share, 1)
+
+
 def mixed_phase(workdir: Path, tag: str, *, echo_url: str, calls: int, admin_rate: float,
                 admin: str = "", src: str | None = None, settle_s: float, window_s: float,
-                pin: bool, verbose: bool) -> dict[str, Any]:  # fmt: skip
+                pin: bool, verbose: bool, quiet_s: float = 0.0,
+                keepalive: int = 0) -> dict[str, Any]:  # fmt: skip
     sut, load_cpus = ([SUT_CPU], [LOAD_CPU]) if pin else (None, None)
-    br, admin_port, as_port = start_bridge(tag, workdir, app_url=echo_url + "/", admin=admin,
-                                           src=src, cpus=sut)  # fmt: skip
+    others_before = wait_quiet(quiet_s) if quiet_s else None
+    app_url = echo_url if echo_url == "echo:" else echo_url + "/"
+    br, admin_port, as_port = start_bridge(tag, workdir, app_url=app_url, admin=admin, src=src,
+                                           cpus=sut)  # fmt: skip
     ramp_s = calls / DEFAULT_RATE
     duration = math.ceil(ramp_s + settle_s + window_s + 3)
     procs: list[P.Proc] = []
-    point: dict[str, Any] = {"phase": tag, "calls": calls, "admin_rate": admin_rate}
+    point: dict[str, Any] = {"phase": tag, "calls": calls, "admin_rate": admin_rate,
+                             "others_cpu_percent_before": others_before}  # fmt: skip
     try:
         if admin_rate:
             loader = loader_proc(f"{tag}-loader", workdir, ("127.0.0.1", admin_port), rate=admin_rate,
-                                 duration_s=duration + 2, mix=MIX, cpus=load_cpus)  # fmt: skip
+                                 duration_s=duration + 2, mix=MIX, keepalive=keepalive,
+                                 cpus=load_cpus)  # fmt: skip
             procs.append(loader)
             time.sleep(0.5)
         gen = P.Proc(f"{tag}-call", P.call_argv("audiosocket", f"127.0.0.1:{as_port}", calls=calls,
@@ -468,10 +486,16 @@ def mixed_phase(workdir: Path, tag: str, *, echo_url: str, calls: int, admin_rat
 
 
 def mixed(workdir: Path, *, calls: int = 100, admin_rate: float = 1000.0, old_src: str | None = None,
-          settle_s: float = 3.0, window_s: float = 15.0, pin: bool = True,
-          verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+          settle_s: float = 3.0, window_s: float = 15.0, pin: bool = True, quiet_s: float = 0.0,
+          app: str = "ws", keepalive: int = 0, verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+    """``app``: "ws" (``bridge echo-server`` over a WebSocket app leg, as headline.py) or
+    "echo" (the built-in ``echo:`` route: no app process on the load core)."""
     load_cpus = [LOAD_CPU] if pin else None
-    echo, echo_url = P.echo_server("echo", workdir, cpus=load_cpus)
+    if app == "ws":
+        echo: P.Proc | None
+        echo, echo_url = P.echo_server("echo", workdir, cpus=load_cpus)
+    else:
+        echo, echo_url = None, "echo:"
     phases: list[dict[str, Any]] = []
     try:
         plan: list[tuple[str, dict[str, Any]]] = [
@@ -483,16 +507,19 @@ def mixed(workdir: Path, *, calls: int = 100, admin_rate: float = 1000.0, old_sr
             plan.append(("hypercorn-old", {"admin_rate": admin_rate, "src": old_src}))
         for tag, kw in plan:
             phases.append(mixed_phase(workdir, tag, echo_url=echo_url, calls=calls, settle_s=settle_s,
-                                      window_s=window_s, pin=pin, verbose=verbose, **kw))  # fmt: skip
+                                      window_s=window_s, pin=pin, verbose=verbose,
+                                      quiet_s=quiet_s, keepalive=keepalive, **kw))  # fmt: skip
     finally:
-        echo.stop()
+        if echo is not None:
+            echo.stop()
     base = phases[0]["bridge_cpu_percent"]
     for ph in phases[1:]:
         answered = ph.get("admin", {}).get("answered_per_s") or 0
         ph["admin_cpu_percent"] = round(ph["bridge_cpu_percent"] - base, 1)
         if answered:
             ph["admin_us_per_request"] = round(10_000 * ph["admin_cpu_percent"] / answered, 1)
-    return {"calls": calls, "admin_rate": admin_rate, "mix": MIX, "phases": phases}
+    return {"calls": calls, "admin_rate": admin_rate, "mix": MIX, "app": app,
+            "connections": f"keep-alive x{keepalive}" if keepalive else "fresh", "phases": phases}  # fmt: skip
 
 
 # ====================================================================================
@@ -579,7 +606,13 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=None)
     parser.add_argument("--rate", type=float, default=300.0, help="cost: requests/s")
     parser.add_argument("--rounds", type=int, default=2, help="cost: rounds")
+    parser.add_argument("--app", choices=["ws", "echo"], default="ws",
+                        help="mixed: echo-server over WebSocket (default) or the echo: route")
+    parser.add_argument("--keepalive", type=int, default=0, metavar="K",
+                        help="mixed: admin requests over K kept-alive connections (default: fresh)")
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                        help="mixed: before each phase wait up to S s for the machine to be quiet")  # fmt: skip
     parser.add_argument("--name", default="admin_load")
     args = parser.parse_args()
     P.install_sigterm_exit()
@@ -597,7 +630,9 @@ def main() -> int:
         if args.part in ("mixed", "all"):
             print(f"(b) {args.admin_rate:g} admin requests/s with {args.calls} calls", flush=True)
             doc["mixed"] = mixed(workdir, calls=args.calls, admin_rate=args.admin_rate,
-                                 old_src=args.old_src, window_s=args.window or 15.0, pin=pin)  # fmt: skip
+                                 old_src=args.old_src, window_s=args.window or 15.0, pin=pin,
+                                 quiet_s=args.wait_quiet, app=args.app,
+                                 keepalive=args.keepalive)  # fmt: skip
     doc["machine"]["load_average_1m_end"] = round(P.load_average(), 2)
     path = P.save_json(f"{args.name}.json", doc)
     print(f"results: {path}", flush=True)
