@@ -635,16 +635,18 @@ async def test_stream_ids_are_percent_decoded_and_queries_keep_the_last(
 
 
 async def test_metrics_render_at_most_every_100ms(
-    client: httpx.AsyncClient, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from bridge.daemon import _admin
+
     renders: list[str] = []
-    real = Metrics.render
+    real = _admin.render_metrics
 
-    def counting(self: Metrics, accept: str = "") -> tuple[bytes, str]:
+    async def counting(metrics: Metrics, accept: str = "") -> tuple[bytes, str]:
         renders.append(accept)
-        return real(self, accept)
+        return await real(metrics, accept)
 
-    monkeypatch.setattr(Metrics, "render", counting)
+    monkeypatch.setattr(_admin, "render_metrics", counting)
     for _ in range(20):  # a scrape storm: one rendering
         assert (await client.get("/metrics")).status_code == 200
     om = {"Accept": "application/openmetrics-text; version=1.0.0"}
@@ -654,3 +656,25 @@ async def test_metrics_render_at_most_every_100ms(
     await trio.sleep(0.15)
     await client.get("/metrics")
     assert len(renders) == 3
+
+
+async def test_metrics_in_slices_equal_one_rendering(metrics: Metrics) -> None:
+    """render_metrics yields to the loop between slices, and says the same as
+    Metrics.render (bar the process's own counters, which move meanwhile)."""
+    from bridge.daemon._admin import render_metrics
+
+    metrics.stream_started("audiosocket", "agents")
+    for accept in ("", "application/openmetrics-text; version=1.0.0"):
+        whole, whole_type = metrics.render(accept)
+        sliced, sliced_type = await render_metrics(metrics, accept)
+        assert sliced_type == whole_type
+
+        def shape(body: bytes) -> list[str]:
+            return [
+                line.rsplit(" ", 1)[0]
+                for line in body.decode().splitlines()
+                if not line.startswith(("process_", "python_gc_", "bridge_tasks"))
+            ]
+
+        assert shape(sliced) == shape(whole)
+        assert sliced.count(b"# EOF") == whole.count(b"# EOF")
