@@ -360,7 +360,7 @@ class HttpServer:
     error_response: ErrorResponder = plain_error
     logger: logging.Logger = _log
     peers: PeerLimiter = attrs.field(init=False)
-    _canned: dict[tuple[int, str, float], bytes] = attrs.field(factory=dict, init=False)
+    _canned: dict[tuple[int, str, float, bool], bytes] = attrs.field(factory=dict, init=False)
     _canned_second: int = attrs.field(default=-1, init=False)
     _error_log: _Throttle = attrs.field(factory=_Throttle, init=False)
     _accept_log: _Throttle = attrs.field(factory=lambda: _Throttle(5.0), init=False)
@@ -446,9 +446,11 @@ class HttpServer:
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug("HTTP connection from %s refused: %s", address, reason)
 
-    def _canned_error(self, status: int, message: str, retry_after_s: float = 0.0) -> bytes:
+    def _canned_error(
+        self, status: int, message: str, retry_after_s: float = 0.0, *, close: bool = True
+    ) -> bytes:
         retry = float(math.ceil(retry_after_s)) if retry_after_s > 0 else 0.0
-        key = (status, message, retry)
+        key = (status, message, retry, close)
         second = int(time.time())
         if second != self._canned_second:
             # Their Date header is stale: render again (at most once a second each).
@@ -461,7 +463,7 @@ class HttpServer:
                 response = attrs.evolve(
                     response, headers=(*response.headers, ("retry-after", f"{retry:.0f}"))
                 )
-            data = render_response(response, close=True)
+            data = render_response(response, close=close)
             if len(self._canned) < 256:
                 self._canned[key] = data
         return data
@@ -525,6 +527,7 @@ class HttpServer:
                 if eof:
                     conn.receive_data(b"")
                 head: h11.Request | None = None
+                deferred: tuple[int, str, float] | None = None
                 headers: list[tuple[bytes, bytes]] = []
                 body = bytearray()
                 continued = False
@@ -576,12 +579,28 @@ class HttpServer:
                         headers = [(n.lower(), v) for n, v in event.headers.raw_items()]
                         refusal = self._check_head(event, headers, address)
                         if refusal is not None:
+                            if refusal[0] == 429 and not _has_body(headers):
+                                # Over the rate on a kept-alive connection: answer 429
+                                # and keep the connection (a reconnect costs us more).
+                                deferred = refusal
+                                continue
                             scope.deadline = math.inf
                             await self._fail(stream, *refusal)
                             return
                     else:  # ConnectionClosed cannot come first on a fresh parser; PAUSED neither
                         return
                 assert head is not None
+                if deferred is not None:
+                    data = self._canned_error(*deferred, close=eof or _wants_close(head, headers))
+                    stats.responses[429] = stats.responses.get(429, 0) + 1
+                    phase = "send"
+                    _move(scope, limits.send_timeout_s)
+                    await stream.send_all(data)
+                    if eof or _wants_close(head, headers):
+                        break
+                    trailing, eof = conn.trailing_data
+                    pending = bytes(trailing)
+                    continue
                 phase = "handler"
                 _move(scope, limits.handler_timeout_s)
                 response, close = await self._respond(head, headers, bytes(body), peer)
@@ -730,6 +749,13 @@ def _move(scope: trio.CancelScope, timeout_s: float) -> None:
     deadline = trio.current_time() + timeout_s
     if abs(scope.deadline - deadline) > 0.1 * timeout_s:
         scope.deadline = deadline
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 def _wants_close(head: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:

@@ -419,6 +419,16 @@ async def test_rate_limit_429_with_retry_after_then_recovers(start: StartServer)
         await trio.sleep(0.3)  # 6 tokens back at 20/s
         assert (await client.get(server.url("/"))).status_code == 200
     assert server.stats.refused["rate_limited"] >= 1
+    # A 429 for a request without a body keeps the connection: one connection in all.
+    assert server.stats.connections == 1
+
+
+async def test_rate_limited_request_with_a_body_closes(start: StartServer) -> None:
+    server = await start(rate_per_peer=1, burst_per_peer=1)
+    raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" * 3
+    data = await exchange(server, raw)
+    assert statuses(data) == [200, 429]
+    assert data.count(b"connection: close") == 1
 
 
 # -- the per-peer policy, pure ---------------------------------------------------------------
