@@ -604,7 +604,8 @@ class _AdminHttpCollector(Collector):
         yield responses
         refused = CounterMetricFamily(
             "bridge_admin_refused",
-            "Admin API connections or requests refused by a limit (429/503)",
+            "Admin API connections or requests refused by a limit (429/503), or delayed"
+            " to the per-address rate (throttled)",
             labels=["reason"],
         )
         for reason in _REFUSALS:
@@ -620,7 +621,7 @@ class _AdminHttpCollector(Collector):
         yield errors
 
 
-_REFUSALS = ("max_connections", "max_connections_per_peer", "rate_limited")
+_REFUSALS = ("max_connections", "max_connections_per_peer", "rate_limited", "throttled")
 _ERRORS = (
     "disconnected",
     "handler_error",

@@ -99,6 +99,9 @@ class HttpLimits:
     #: Requests per second per client address (token bucket); 0 turns the limit off.
     rate_per_peer: float = 50.0
     burst_per_peer: int = 100
+    #: A request over its peer's rate waits up to this long for a token (nothing more
+    #: is read from that connection meanwhile); a longer wait is answered 429.
+    max_throttle_s: float = 1.0
     #: Addresses whose buckets are remembered (a full bucket is forgotten first).
     max_tracked_peers: int = 4096
 
@@ -223,7 +226,8 @@ class HttpStats:
     #: Responses sent, by status code (a bounded set: the handler's and the server's own).
     responses: dict[int, int] = attrs.field(factory=dict)
     #: Connections refused at accept: ``max_connections``, ``max_connections_per_peer``,
-    #: ``rate_limited``; and requests refused on a kept-alive connection: ``rate_limited``.
+    #: ``rate_limited``; requests over the rate on an open connection: ``throttled``
+    #: (delayed until their token) or ``rate_limited`` (answered 429).
     refused: dict[str, int] = attrs.field(factory=dict)
     #: Connections that ended badly: ``malformed`` (400/431/501), ``too_large`` (413),
     #: ``timeout`` (408), ``disconnected`` (mid-request or mid-response),
@@ -520,6 +524,22 @@ class HttpServer:
                     pending = await stream.receive_some(_RECEIVE_BYTES)
                     if not pending:
                         return
+                # The peer's request rate: a request over it waits for its token (up
+                # to max_throttle_s) with nothing read meanwhile, so a client that
+                # keeps its connection is slowed by TCP backpressure at no cost to us;
+                # beyond that wait it is answered 429.
+                refused_wait_s = 0.0
+                wait_s = self.peers.take(address, trio.current_time())
+                if wait_s:
+                    if wait_s <= limits.max_throttle_s:
+                        stats.count(stats.refused, "throttled")
+                        phase = "throttle"
+                        _move(scope, wait_s + 1.0)
+                        await trio.sleep(wait_s)
+                        wait_s = self.peers.take(address, trio.current_time())
+                    if wait_s:
+                        stats.count(stats.refused, "rate_limited")
+                        refused_wait_s = wait_s
                 phase = "request"
                 _move(scope, limits.request_timeout_s)
                 conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
@@ -577,7 +597,9 @@ class HttpServer:
                         head = event
                         # One pass over the headers (h11's Headers iterate slowly).
                         headers = [(n.lower(), v) for n, v in event.headers.raw_items()]
-                        refusal = self._check_head(event, headers, address)
+                        refusal = self._check_head(event, headers)
+                        if refusal is None and refused_wait_s:
+                            refusal = (429, "too many requests; slow down", refused_wait_s)
                         if refusal is not None:
                             if refusal[0] == 429 and not _has_body(headers):
                                 # Over the rate on a kept-alive connection: answer 429
@@ -649,15 +671,11 @@ class HttpServer:
         await self._linger(stream, eof)
 
     def _check_head(
-        self, head: h11.Request, headers: list[tuple[bytes, bytes]], address: str
+        self, head: h11.Request, headers: list[tuple[bytes, bytes]]
     ) -> tuple[int, str, float] | None:
         """The refusal (status, message, retry-after) for a request head, if any."""
         limits = self.limits
         stats = self.stats
-        wait_s = self.peers.take(address, trio.current_time())
-        if wait_s:
-            stats.count(stats.refused, "rate_limited")
-            return 429, "too many requests; slow down", wait_s
         # h11 enforces max_incomplete_event_size only on a head that is still
         # incomplete; one that arrived whole is measured here.
         size = len(head.target) + 16

@@ -408,23 +408,36 @@ async def test_total_connection_cap_is_503(start: StartServer) -> None:
 
 
 async def test_rate_limit_429_with_retry_after_then_recovers(start: StartServer) -> None:
-    server = await start(rate_per_peer=20, burst_per_peer=5)
+    server = await start(rate_per_peer=2, burst_per_peer=3, max_throttle_s=0.1)
     async with httpx.AsyncClient() as client:
-        codes = [(await client.get(server.url("/"))).status_code for _ in range(8)]
-        assert codes[:5] == [200] * 5
-        assert 429 in codes[5:]
+        codes = [(await client.get(server.url("/"))).status_code for _ in range(5)]
+        assert codes[:3] == [200] * 3
+        assert 429 in codes[3:]
         r = await client.get(server.url("/"))
-        if r.status_code == 429:
-            assert r.headers["retry-after"] == "1"
-        await trio.sleep(0.3)  # 6 tokens back at 20/s
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        await trio.sleep(0.6)  # a token back at 2/s
         assert (await client.get(server.url("/"))).status_code == 200
-    assert server.stats.refused["rate_limited"] >= 1
+    assert server.stats.refused["rate_limited"] >= 2
     # A 429 for a request without a body keeps the connection: one connection in all.
     assert server.stats.connections == 1
 
 
+async def test_rate_limit_throttles_a_kept_alive_client(start: StartServer) -> None:
+    """Over the rate, a request waits for its token (nothing is read meanwhile) rather
+    than being refused: the client is slowed to the rate."""
+    server = await start(rate_per_peer=20, burst_per_peer=2, max_throttle_s=1.0)
+    async with httpx.AsyncClient() as client:
+        t0 = trio.current_time()
+        codes = [(await client.get(server.url("/"))).status_code for _ in range(6)]
+        elapsed = trio.current_time() - t0
+    assert codes == [200] * 6
+    assert elapsed >= 0.15  # 4 requests over the burst at 20/s
+    assert server.stats.refused["throttled"] >= 3
+    assert server.stats.refused.get("rate_limited", 0) == 0
+
+
 async def test_rate_limited_request_with_a_body_closes(start: StartServer) -> None:
-    server = await start(rate_per_peer=1, burst_per_peer=1)
+    server = await start(rate_per_peer=1, burst_per_peer=1, max_throttle_s=0.1)
     raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" * 3
     data = await exchange(server, raw)
     assert statuses(data) == [200, 429]
