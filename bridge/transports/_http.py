@@ -100,7 +100,7 @@ class HttpLimits:
     rate_per_peer: float = 50.0
     burst_per_peer: int = 100
     #: A request over its peer's rate waits up to this long for a token (nothing more
-    #: is read from that connection meanwhile); a longer wait is answered 429.
+    #: is read from that connection meanwhile); if none came, it is answered 429.
     max_throttle_s: float = 1.0
     #: Addresses whose buckets are remembered (a full bucket is forgotten first).
     max_tracked_peers: int = 4096
@@ -527,16 +527,19 @@ class HttpServer:
                 # The peer's request rate: a request over it waits for its token (up
                 # to max_throttle_s) with nothing read meanwhile, so a client that
                 # keeps its connection is slowed by TCP backpressure at no cost to us;
-                # beyond that wait it is answered 429.
+                # if there is still no token then, it is answered 429.
                 refused_wait_s = 0.0
                 wait_s = self.peers.take(address, trio.current_time())
                 if wait_s:
-                    if wait_s <= limits.max_throttle_s:
-                        stats.count(stats.refused, "throttled")
-                        phase = "throttle"
-                        _move(scope, wait_s + 1.0)
-                        await trio.sleep(wait_s)
-                        wait_s = self.peers.take(address, trio.current_time())
+                    # Even a request that will be refused waits: a client answered at
+                    # once would come straight back (at most one refusal per connection
+                    # per max_throttle_s this way).
+                    stats.count(stats.refused, "throttled")
+                    phase = "throttle"
+                    delay_s = min(wait_s, limits.max_throttle_s)
+                    _move(scope, delay_s + 1.0)
+                    await trio.sleep(delay_s)
+                    wait_s = self.peers.take(address, trio.current_time())
                     if wait_s:
                         stats.count(stats.refused, "rate_limited")
                         refused_wait_s = wait_s
