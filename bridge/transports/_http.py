@@ -19,9 +19,11 @@ network sends it, at a cost small enough not to disturb the media on the same ev
   connection (closed quietly), the handler's time (503), the time to send a response (the
   connection is dropped), requests per connection, connections in total (503) and per
   client address (429), and a per-address token bucket of requests per second (429 with
-  ``Retry-After``). Refusals decided at ``accept`` (connection caps, an empty bucket)
-  write a canned response without parsing anything and close: a flood costs a few system
-  calls per connection, not a task.
+  ``Retry-After``; a request over the rate on an open connection first waits for its
+  token, nothing more read meanwhile). Refusals decided at ``accept`` (connection caps,
+  an empty bucket) parse nothing and start no task: the socket waits in a bounded
+  "tarpit" for a second, then gets a canned answer and is closed, so a client that
+  reconnects as soon as it is answered is slowed down instead of spinning.
 * **Closing**: after the last response the write side is shut and whatever the client
   still sends is read and dropped for a moment (RFC 9112 §9.6: closing with unread input
   makes the kernel send RST, which can destroy the response before the client reads it).
@@ -32,6 +34,7 @@ an ERROR. Counters live in :class:`HttpStats` (plain ints: the caller exports th
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import math
@@ -104,6 +107,11 @@ class HttpLimits:
     max_throttle_s: float = 1.0
     #: Addresses whose buckets are remembered (a full bucket is forgotten first).
     max_tracked_peers: int = 4096
+    #: A connection refused at accept (the caps, an empty bucket) gets its answer after
+    #: this delay (a client that reconnects at once is slowed to the tarpit's pace)...
+    refusal_delay_s: float = 1.0
+    #: ... while at most this many wait; beyond, the answer goes out at once.
+    tarpit_size: int = 256
 
 
 @attrs.frozen(slots=True)
@@ -366,6 +374,11 @@ class HttpServer:
     peers: PeerLimiter = attrs.field(init=False)
     _canned: dict[tuple[int, str, float, bool], bytes] = attrs.field(factory=dict, init=False)
     _canned_second: int = attrs.field(default=-1, init=False)
+    #: Refused connections waiting for their answer: (due time, socket, answer).
+    _tarpit: collections.deque[tuple[float, trio.socket.SocketType, bytes]] = attrs.field(
+        factory=collections.deque, init=False
+    )
+    _tarpit_wake: trio.Event | None = attrs.field(default=None, init=False)
     _error_log: _Throttle = attrs.field(factory=_Throttle, init=False)
     _accept_log: _Throttle = attrs.field(factory=lambda: _Throttle(5.0), init=False)
 
@@ -380,6 +393,8 @@ class HttpServer:
     ) -> NoReturn:
         """Accept on every listener (and close them on the way out) until cancelled."""
         async with trio.open_nursery() as nursery:
+            self._tarpit_wake = trio.Event()
+            nursery.start_soon(self._serve_tarpit)
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)
             task_status.started(listener_addresses(list(listeners)))
@@ -419,8 +434,10 @@ class HttpServer:
     def _refuse_at_accept(
         self, stream: trio.SocketStream, address: str, reason: str, now: float
     ) -> None:
-        """A canned 503/429 written straight to the socket, then close: no task, no
-        parsing. Best effort: a client that sent more than we drained may see a reset."""
+        """A canned 503/429, no parsing and no task: the socket waits in the tarpit for
+        ``refusal_delay_s``, then gets the answer and is closed. A client that reconnects
+        as soon as it is answered is slowed to the tarpit's pace; when the tarpit is
+        full, the answer goes out at once."""
         self.stats.count(self.stats.refused, reason)
         if reason == "max_connections":
             status, message, retry = 503, "too many connections; try again later", 1.0
@@ -434,21 +451,36 @@ class HttpServer:
             retry = self.peers.retry_after(address, now)
         data = self._canned_error(status, message, retry)
         self.stats.responses[status] = self.stats.responses.get(status, 0) + 1
-        sock = stream.socket
-        fd = sock.fileno()
-        try:
-            # What already arrived is read (and dropped) so that close() sends FIN, not RST.
-            os.read(fd, _RECEIVE_BYTES)
-        except OSError:
-            pass
-        try:
-            os.write(fd, data)
-            sock.shutdown(stdlib_socket.SHUT_WR)
-        except OSError:
-            pass
-        sock.close()
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug("HTTP connection from %s refused: %s", address, reason)
+        tarpit = self._tarpit
+        if len(tarpit) < self.limits.tarpit_size and self._tarpit_wake is not None:
+            tarpit.append((now + self.limits.refusal_delay_s, stream.socket, data))
+            if len(tarpit) == 1:
+                self._tarpit_wake.set()
+            return
+        _answer_and_close(stream.socket, data)
+
+    async def _serve_tarpit(self) -> None:
+        """Answer and close the refused connections whose delay is up (one task for
+        them all; it sleeps while the tarpit is empty)."""
+        tarpit = self._tarpit
+        try:
+            while True:
+                if not tarpit:
+                    self._tarpit_wake = wake = trio.Event()
+                    await wake.wait()
+                    continue
+                due = tarpit[0][0]
+                if trio.current_time() < due:
+                    await trio.sleep_until(due)
+                now = trio.current_time()
+                while tarpit and tarpit[0][0] <= now:
+                    _, sock, data = tarpit.popleft()
+                    _answer_and_close(sock, data)
+        finally:
+            while tarpit:
+                tarpit.popleft()[1].close()
 
     def _canned_error(
         self, status: int, message: str, retry_after_s: float = 0.0, *, close: bool = True
@@ -764,6 +796,22 @@ class HttpServer:
     def _debug(self, msg: str, peer: tuple[str, int], *detail: object) -> None:
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug(msg, peer[0], peer[1], *detail)
+
+
+def _answer_and_close(sock: trio.socket.SocketType, data: bytes) -> None:
+    """Write a canned answer straight to the socket and close it (no task, no wait)."""
+    fd = sock.fileno()
+    try:
+        # What already arrived is read (and dropped) so that close() sends FIN, not RST.
+        os.read(fd, _RECEIVE_BYTES)
+    except OSError:
+        pass
+    try:
+        os.write(fd, data)
+        sock.shutdown(stdlib_socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _move(scope: trio.CancelScope, timeout_s: float) -> None:

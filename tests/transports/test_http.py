@@ -377,13 +377,18 @@ async def test_half_closed_client_gets_its_answer(start: StartServer) -> None:
 
 
 async def test_per_peer_connection_cap_then_total_cap(start: StartServer) -> None:
-    server = await start(max_connections_per_peer=3, max_connections=100, rate_per_peer=0)
+    server = await start(
+        max_connections_per_peer=3, max_connections=100, rate_per_peer=0, refusal_delay_s=0.3
+    )
     held = [await server.connect() for _ in range(3)]
     with trio.fail_after(5):
         while server.stats.active < 3:
             await trio.sleep(0.01)
+    t0 = trio.current_time()
     data = await exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert statuses(data) in ([429], [])  # the canned refusal (or a reset if it raced)
+    # The canned refusal, after the tarpit's delay.
+    assert statuses(data) == [429]
+    assert trio.current_time() - t0 >= 0.25
     assert server.stats.refused["max_connections_per_peer"] == 1
     for stream in held:
         await stream.aclose()
