@@ -71,6 +71,24 @@ _log = logging.getLogger("bridge.transports.http")
 _RECEIVE_BYTES = 65536
 #: accept() errors that mean "out of resources for now": back off instead of failing.
 _ACCEPT_BACKOFF_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: accept() errors about a connection that died in the backlog (trio's list): skip it.
+_IGNORABLE_ACCEPT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+    )
+    if hasattr(errno, name)
+)
+_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 # RFC 9110 §5.5: field values are visible ASCII, SP, HTAB and obs-text; a CR, LF or NUL
 # in a header we were asked to send would split the response.
@@ -403,11 +421,19 @@ class HttpServer:
     # -- accepting ------------------------------------------------------------------
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        # The raw accept (what SocketListener.accept does, minus the SocketStream): the
+        # peer address comes with it, and a refused connection costs no setsockopt, no
+        # getpeername and no stream object.
+        sock = listener.socket
         async with listener:
             while True:
                 try:
-                    stream = await listener.accept()
+                    conn, peer = await sock.accept()
                 except OSError as exc:
+                    if exc.errno in _CLOSED_ERRNOS:
+                        raise trio.ClosedResourceError from None
+                    if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
+                        continue  # the client gave up before we accepted: next
                     if exc.errno not in _ACCEPT_BACKOFF_ERRNOS:
                         raise
                     held = self._accept_log.allow()
@@ -417,22 +443,19 @@ class HttpServer:
                         )
                     await trio.sleep(0.1)
                     continue
-                try:
-                    peer = stream.socket.getpeername()
-                except OSError:  # already reset by the client
-                    stream.socket.close()
-                    continue
                 address = str(peer[0])
                 now = trio.current_time()
                 refusal = self.peers.admit(address, now)
                 if refusal is not None:
-                    self._refuse_at_accept(stream, address, refusal, now)
+                    self._refuse_at_accept(conn, address, refusal, now)
                     continue
                 self.stats.connections += 1
-                nursery.start_soon(self._connection, stream, address, (address, int(peer[1])))
+                nursery.start_soon(
+                    self._connection, trio.SocketStream(conn), address, (address, int(peer[1]))
+                )
 
     def _refuse_at_accept(
-        self, stream: trio.SocketStream, address: str, reason: str, now: float
+        self, sock: trio.socket.SocketType, address: str, reason: str, now: float
     ) -> None:
         """A canned 503/429, no parsing and no task: the socket waits in the tarpit for
         ``refusal_delay_s``, then gets the answer and is closed. A client that reconnects
@@ -455,11 +478,11 @@ class HttpServer:
             self.logger.debug("HTTP connection from %s refused: %s", address, reason)
         tarpit = self._tarpit
         if len(tarpit) < self.limits.tarpit_size and self._tarpit_wake is not None:
-            tarpit.append((now + self.limits.refusal_delay_s, stream.socket, data))
+            tarpit.append((now + self.limits.refusal_delay_s, sock, data))
             if len(tarpit) == 1:
                 self._tarpit_wake.set()
             return
-        _answer_and_close(stream.socket, data)
+        _answer_and_close(sock, data)
 
     async def _serve_tarpit(self) -> None:
         """Answer and close the refused connections whose delay is up (one task for
