@@ -17,9 +17,10 @@ The tree (httpx style)::
     │   ├── StreamRefused           a new stream was refused (reason: max_streams, draining, no_route, ...)
     │   └── StreamNotFound          no live or recorded stream has that id
     ├── OutboxError                 the durable event outbox could not be read or written
-    └── ClusterError                cluster mode (bridge.cluster) could not do what was asked
-        ├── ClusterUnavailable      Redis cannot be reached (or answered with an error)
-        └── HandoffFailed           a connection could not be carried to its owner process
+    ├── ClusterError                cluster mode (bridge.cluster) could not do what was asked
+    │   ├── ClusterUnavailable      Redis cannot be reached (or answered with an error)
+    │   └── HandoffFailed           a connection could not be carried to its owner process
+    └── ListenerError               a listener could not bind (or start on) its address at start-up
 
 Media code (``bridge.media``) is below this module in the layering and raises
 plain ``ValueError`` for bad arguments; dialects wrap what they see from the wire
@@ -39,6 +40,7 @@ __all__ = [
     "HandoffFailed",
     "HandshakeError",
     "HandshakeRejected",
+    "ListenerError",
     "MessageTooBig",
     "OutboxError",
     "StreamError",
@@ -175,3 +177,15 @@ class ClusterUnavailable(ClusterError):
 class HandoffFailed(ClusterError):
     """A connection could not be carried to the process that owns its stream (the owner
     is unreachable, refused it, or failed the authentication)."""
+class ListenerError(BridgeError):
+    """A listener could not bind (or start serving on) its address at start-up.
+
+    The message names both, e.g. ``admin listener 127.0.0.1:8081: [Errno 98] Address
+    already in use``; ``cause`` is the underlying error (usually an OSError).
+    """
+
+    def __init__(self, listener: str, address: str, cause: BaseException) -> None:
+        self.listener = listener
+        self.address = address
+        self.cause = cause
+        super().__init__(f"{listener} listener {address}: {cause}")

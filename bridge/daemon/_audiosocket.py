@@ -49,11 +49,15 @@ async def serve_audiosocket(
     daemon: Daemon,
     config: AudioSocketConfig,
     *,
+    listener: trio.SocketListener | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    addr = config.listen_addr
-    assert addr is not None
-    listener = await open_tcp_listener(addr[0], addr[1], reuse_port=config.reuse_port)
+    """Accept AudioSocket calls on ``listener`` (bound from ``config`` when None; closed
+    on the way out either way)."""
+    if listener is None:
+        addr = config.listen_addr
+        assert addr is not None
+        listener = await open_tcp_listener(addr[0], addr[1], reuse_port=config.reuse_port)
     bound = listener.socket.getsockname()
     admission = Admission(config.max_pending, min(config.max_pending_per_peer, config.max_pending))
 

@@ -192,6 +192,7 @@ async def serve_carrier_websocket(
     daemon: Daemon,
     config: WebSocketConfig,
     *,
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     addr = config.listen_addr
@@ -229,6 +230,7 @@ async def serve_carrier_websocket(
             config,
             bad_handshake,
             refused,
+            listeners,
         )
         logger.info(
             "WebSocket listening on %s:%d%s (handshakes at most %d, %d per peer)",
@@ -247,6 +249,7 @@ async def _serve(
     config: WebSocketConfig,
     on_bad_handshake: Callable[[str, str, str], None],
     on_refused: Callable[[str, str], None],
+    listeners: list[trio.SocketListener] | None = None,
     *,
     ssl_context: Callable[[], ssl.SSLContext] | None = None,
     on_tls_error: Callable[[str, str, str], None] | None = None,
@@ -262,6 +265,7 @@ async def _serve(
         max_handshakes_per_peer=config.max_handshakes_per_peer,
         max_message_bytes=config.max_message_bytes,
         reuse_port=config.reuse_port,
+        listeners=listeners,
         # Carriers keep their own keepalive; a dead carrier shows as a failed send.
         ping_interval_s=20.0,
         ping_timeout_s=20.0,

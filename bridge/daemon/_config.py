@@ -277,12 +277,39 @@ class AdminConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
     listen: str = "127.0.0.1:8081"
     token: str = ""
+    #: Open connections in all (503 beyond) and from one client address (429 beyond).
+    max_connections: int = 128
+    max_connections_per_peer: int = 16
+    #: Requests per second per client address (token bucket, 429 beyond); 0 = no limit.
+    rate_limit: int = 50
+    rate_burst: int = 100
+    #: From a request's first byte to its last (slow headers or body: 408).
+    request_timeout: Duration = "5s"
+    #: A connection with no request under way is closed after this.
+    idle_timeout: Duration = "5s"
 
-    _CHECKS = {"listen": _listen, "token": _credential}
+    _CHECKS = {
+        "listen": _listen,
+        "token": _credential,
+        "max_connections": _int_range(1, 1_000_000),
+        "max_connections_per_peer": _int_range(1, 1_000_000),
+        "rate_limit": _int_range(0, 1_000_000),
+        "rate_burst": _int_range(1, 1_000_000),
+        "request_timeout": _duration(lo=0.1, hi=300.0),
+        "idle_timeout": _duration(lo=0.1, hi=3600.0),
+    }
 
     @property
     def listen_addr(self) -> tuple[str, int] | None:
         return parse_listen(self.listen)
+
+    @property
+    def request_timeout_s(self) -> float:
+        return parse_duration(self.request_timeout)
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return parse_duration(self.idle_timeout)
 
 
 class AudioSocketConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,9 +41,15 @@ from ..streams import (
     Ticker,
 )
 from ..streams._wsapp import WsAppConnector
-from ..transports import Poller, raise_open_files_limit, use_poller
+from ..transports import (
+    Poller,
+    open_tcp_listener,
+    open_tcp_listeners,
+    raise_open_files_limit,
+    use_poller,
+)
 from . import _clusterglue
-from ._admin import create_admin_app, serve_admin
+from ._admin import admin_limits, bind_admin, create_admin_app, serve_admin
 from ._config import (
     AppConfig,
     Config,
@@ -54,6 +60,7 @@ from ._config import (
     match_route,
 )
 from ._events import StreamEvent, StreamRecord
+from ._listeners import ListenerSupervisor, bind_listener, format_address
 from ._logging import BadPeerLog, configure_logging
 from ._metrics import Metrics
 from ._notify import SdNotifier, serve_watchdog
@@ -86,6 +93,8 @@ class Daemon:
     store: EventStore | None = None
     #: Bound addresses by listener name, once they are bound (tests bind port 0).
     bound: dict[str, tuple[str, int]] = attrs.field(factory=dict)
+    #: The supervisor of each listener (admin, audiosocket, websocket, rtp).
+    supervisors: dict[str, ListenerSupervisor] = attrs.field(factory=dict)
     listening: bool = False
     stopping: bool = False
     ready_event: trio.Event = attrs.field(factory=trio.Event)
@@ -173,34 +182,138 @@ class Daemon:
             self.store = None
 
     async def _start_listeners(self, nursery: trio.Nursery) -> None:
+        """Bind every listener (a failure names it and its address and fails start-up),
+        then run each under a :class:`ListenerSupervisor` in ``nursery``: from here on a
+        listener's failure is logged, counted and restarted, never the daemon's end."""
         cfg = self.config
         admin_addr = cfg.admin.listen_addr
         if admin_addr is not None:
+            acfg = cfg.admin
             backend = _clusterglue.admin_backend(self)  # cluster hook: cluster-wide API
-            app = create_admin_app(backend, self.metrics, token=cfg.admin.token)
-            self.bound["admin"] = await nursery.start(
-                serve_admin, app, admin_addr[0], admin_addr[1]
+            app = create_admin_app(backend, self.metrics, token=acfg.token)
+            limits = admin_limits(
+                max_connections=acfg.max_connections,
+                max_connections_per_peer=acfg.max_connections_per_peer,
+                rate_per_peer=float(acfg.rate_limit),
+                burst_per_peer=acfg.rate_burst,
+                request_timeout_s=acfg.request_timeout_s,
+                idle_timeout_s=acfg.idle_timeout_s,
             )
-        if cfg.audiosocket.listen_addr is not None:
+
+            async def serve_admin_on(
+                listeners: list[trio.SocketListener],
+                *,
+                task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await serve_admin(app, listener=listeners[0], limits=limits, task_status=task_status)
+
+            await self._supervise(
+                nursery,
+                "admin",
+                admin_addr,
+                lambda: _one(bind_admin(admin_addr[0], admin_addr[1])),
+                serve_admin_on,
+            )
+        as_addr = cfg.audiosocket.listen_addr
+        if as_addr is not None:
             from ._audiosocket import serve_audiosocket
 
-            self.bound["audiosocket"] = await nursery.start(
-                serve_audiosocket, self, cfg.audiosocket
+            as_cfg = cfg.audiosocket
+
+            async def serve_audiosocket_on(
+                listeners: list[trio.SocketListener],
+                *,
+                task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await serve_audiosocket(
+                    self, as_cfg, listener=listeners[0], task_status=task_status
+                )
+
+            await self._supervise(
+                nursery,
+                "audiosocket",
+                as_addr,
+                lambda: _one(
+                    open_tcp_listener(as_addr[0], as_addr[1], reuse_port=as_cfg.reuse_port)
+                ),
+                serve_audiosocket_on,
             )
-        if cfg.websocket.listen_addr is not None:
+        ws_addr = cfg.websocket.listen_addr
+        if ws_addr is not None:
             from ._carrier import serve_carrier_websocket
 
-            context = load_server_context(cfg.websocket, file=self.config_path)
+            ws_cfg = cfg.websocket
+            context = load_server_context(ws_cfg, file=self.config_path)
             if context is not None:
-                self.tls = ServerTls(context, cfg.websocket.tls_cert)
+                self.tls = ServerTls(context, ws_cfg.tls_cert)
 
-            self.bound["websocket"] = await nursery.start(
-                serve_carrier_websocket, self, cfg.websocket
+            async def serve_websocket_on(
+                listeners: list[trio.SocketListener],
+                *,
+                task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await serve_carrier_websocket(
+                    self, ws_cfg, listeners=listeners, task_status=task_status
+                )
+
+            await self._supervise(
+                nursery,
+                "websocket",
+                ws_addr,
+                lambda: open_tcp_listeners(ws_addr[0], ws_addr[1], reuse_port=ws_cfg.reuse_port),
+                serve_websocket_on,
             )
         if cfg.rtp.ports:
             from . import _rtp  # noqa: F401  (registers the RTP port-pool hook)
         for hook in _LISTENER_HOOKS:
-            await hook(self, nursery)
+            name = hook.__name__.removeprefix("start_")
+
+            async def serve_hook(
+                listeners: list[trio.SocketListener],
+                *,
+                hook: Callable[[Daemon, trio.Nursery], Any] = hook,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                async with trio.open_nursery() as hook_nursery:
+                    await hook(self, hook_nursery)
+                    task_status.started()
+
+            address = f"{cfg.rtp.bind} ports {cfg.rtp.ports}" if name == "rtp" else ""
+            supervisor = self._supervisor(name, address, serve_hook, [])
+            await nursery.start(supervisor.run)
+
+    def _supervisor(
+        self,
+        name: str,
+        address: str,
+        serve: Callable[..., Any],
+        listeners: list[trio.SocketListener],
+    ) -> ListenerSupervisor:
+        failures = self.metrics.listener_failures.labels(listener=name)
+        supervisor = ListenerSupervisor(
+            name, address, serve, listeners, on_failure=failures.inc
+        )
+        self.supervisors[name] = supervisor
+        return supervisor
+
+    async def _supervise(
+        self,
+        nursery: trio.Nursery,
+        name: str,
+        addr: tuple[str, int],
+        bind: Callable[[], Awaitable[list[trio.SocketListener]]],
+        serve: Callable[..., Any],
+    ) -> None:
+        listeners = await bind_listener(name, format_address(addr), bind)
+        bound = listeners[0].socket.getsockname()
+        self.bound[name] = (str(bound[0]), int(bound[1]))
+        supervisor = self._supervisor(name, format_address(self.bound[name]), serve, listeners)
+        try:
+            await nursery.start(supervisor.run)
+        except BaseException:
+            for listener in listeners:
+                listener.socket.close()
+            raise
 
     async def _serve_metrics_sampler(self) -> None:
         """Move the streams' plain counters into Prometheus once a second (the per-frame
@@ -710,6 +823,10 @@ def _without_live_keys(ws: WebSocketConfig) -> WebSocketConfig:
 
     defaults = WebSocketConfig()
     return msgspec.structs.replace(ws, **{k: getattr(defaults, k) for k in _LIVE_WEBSOCKET_KEYS})
+
+
+async def _one(listener: Awaitable[trio.SocketListener]) -> list[trio.SocketListener]:
+    return [await listener]
 
 
 def _merge_reload(old: Config, new: Config, *, tls: bool = False) -> Config:

@@ -172,6 +172,7 @@ class Metrics:
     _routes: set[str] = attrs.field(init=False, factory=set, repr=False)
     _setup: dict[str, Histogram] = attrs.field(init=False, repr=False)
     config_reloads: Counter = attrs.field(init=False)
+    listener_failures: Counter = attrs.field(init=False)
 
     _frames_up: Counter = attrs.field(init=False, repr=False)
     _frames_down: Counter = attrs.field(init=False, repr=False)
@@ -311,6 +312,13 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        self.listener_failures = Counter(
+            "bridge_listener_failures",
+            "Failures of a listener's serve loop (admin, audiosocket, websocket, rtp), each"
+            " contained and followed by a restart on the same socket.",
+            ("listener",),
+            registry=r,
+        )
 
         # Pre-bound children: labels() is the expensive part of an increment.
         self._frames_up = self.frames.labels("call_to_app")
@@ -357,6 +365,8 @@ class Metrics:
                 self.bad_input.labels(listener, kind)
         for kind in BAD_INPUT_KINDS["app"]:
             self.bad_input.labels("app", kind)
+        for result in ("applied", "rejected"):
+            self.config_reloads.labels(result)
         for listener in enabled:
             if listener != "rtp":  # the TCP listeners admit connections
                 for refusal in ADMISSION_REFUSALS:

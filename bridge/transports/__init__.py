@@ -9,6 +9,8 @@
   :class:`TcpPipe`, a connected stream with the non-blocking writer
   (``send_nowait`` + ``serve_writer``) that the WebSocket connection has too.
 * UDP: :func:`open_udp_socket`, :class:`UdpPortPool` for RTP ports.
+* HTTP/1.1 server on h11 with hard limits: :func:`serve_http`, :class:`HttpRequest`,
+  :class:`HttpResponse`, :class:`HttpLimits`, :class:`HttpStats`.
 * :class:`Poller`: one epoll for a process's media sockets (readers in poll mode).
 * Addresses: :func:`parse_host_port` reads every ``host:port`` (``[v6]:port``) bridge
   is given, :func:`format_peer` writes one.
@@ -18,6 +20,16 @@ Errors are the ``TransportError`` family from :mod:`bridge._errors`.
 
 from ._addr import HOST_PORT_FORM, format_peer, host_problem, parse_host_port
 from ._admission import Admission, Pending, Refusal, peer_key
+from ._http import (
+    HttpLimits,
+    HttpRequest,
+    HttpResponse,
+    HttpServer,
+    HttpStats,
+    PeerLimiter,
+    render_response,
+    serve_http,
+)
 from ._pipes import TcpPipe
 from ._poller import Poller, PollRegistration, current_poller, use_poller
 from ._tcp import (
@@ -42,6 +54,12 @@ __all__ = [
     "HOST_PORT_FORM",
     "Admission",
     "HeadersLike",
+    "HttpLimits",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpServer",
+    "HttpStats",
+    "PeerLimiter",
     "Pending",
     "PollRegistration",
     "Poller",
@@ -61,7 +79,9 @@ __all__ = [
     "parse_host_port",
     "peer_key",
     "raise_open_files_limit",
+    "render_response",
     "serve_admitted",
+    "serve_http",
     "serve_tcp",
     "serve_websocket",
     "set_nodelay",

@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 
 import httpx
+import trio
 from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.daemon._admin import METRICS_MIN_INTERVAL_S
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -19,6 +22,9 @@ def parse(text: str) -> Samples:
 
 
 async def scrape(admin: tuple[str, int]) -> Samples:
+    """A fresh rendering: /metrics serves its last one for METRICS_MIN_INTERVAL_S, so
+    wait that out first (a test reads state it has just changed)."""
+    await trio.sleep(METRICS_MIN_INTERVAL_S)
     host, port = admin
     async with httpx.AsyncClient(timeout=5) as client:
         r = await client.get(f"http://{host}:{port}/metrics")

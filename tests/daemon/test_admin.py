@@ -1,4 +1,5 @@
-"""The admin API (through ASGI and on a real hypercorn socket) and the metrics registry."""
+"""The admin API (called directly through an httpx transport, and on a real socket) and the
+metrics registry."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge._errors import StreamRefused
 from bridge._version import __version__
-from bridge.daemon._admin import create_admin_app, serve_admin
+from bridge.daemon._admin import AdminApp, create_admin_app, serve_admin
 from bridge.daemon._metrics import Metrics, _ProcessCollector, trio_task_count
 from bridge.media import LatenessHistogram
+from bridge.transports import HttpRequest
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -108,12 +110,36 @@ def metrics() -> Metrics:
     return Metrics()
 
 
+def app_client(app: AdminApp) -> httpx.AsyncClient:
+    """An httpx client that calls ``app`` directly (no socket, no HTTP server)."""
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        answer = await app(
+            HttpRequest.build(
+                request.method,
+                request.url.raw_path.decode("ascii"),
+                [(k.lower(), v) for k, v in request.headers.raw],
+                body,
+                ("127.0.0.1", 40000),
+            )
+        )
+        return httpx.Response(
+            answer.status,
+            headers=[
+                *([("content-type", answer.content_type)] if answer.content_type else []),
+                *answer.headers,
+            ],
+            content=b"" if request.method == "HEAD" else answer.body,
+        )
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="http://admin")
+
+
 @pytest.fixture
 async def client(backend: FakeBackend, metrics: Metrics) -> AsyncIterator[httpx.AsyncClient]:
     app = create_admin_app(backend, metrics, token=TOKEN)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://admin"
-    ) as c:
+    async with app_client(app) as c:
         yield c
 
 
@@ -280,7 +306,7 @@ async def test_right_token_passes(client: httpx.AsyncClient) -> None:
 
 async def test_no_token_configured_means_open(backend: FakeBackend, metrics: Metrics) -> None:
     app = create_admin_app(backend, metrics)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as c:
+    async with app_client(app) as c:
         assert (await c.get("/v1/streams")).status_code == 200
 
 
@@ -489,7 +515,7 @@ async def test_real_server_on_port_0(backend: FakeBackend, metrics: Metrics) -> 
                 assert answer.startswith(b"HTTP/1.1 413 ")
                 assert "server" not in r.headers
             nursery.cancel_scope.cancel()
-    # Cancelled cleanly: the port is free again and no fd leaked (ours or hypercorn's dup).
+    # Cancelled cleanly: the port is free again and no fd leaked.
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
     assert len(os.listdir("/proc/self/fd")) == fds_before
@@ -513,21 +539,29 @@ async def test_real_server_reuse_port_and_address_in_use(metrics: Metrics) -> No
             nursery.cancel_scope.cancel()
 
 
-async def test_hypercorn_logs_through_bridge_logger(
+async def test_server_logs_through_bridge_logger(
     metrics: Metrics, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO)
+    caplog.handler.setLevel(logging.DEBUG)  # loggers decide
     app = create_admin_app(FakeBackend(), metrics)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(partial(serve_admin, app, "127.0.0.1", 0))
             async with httpx.AsyncClient() as c:
                 await c.get(f"http://{host}:{port}/healthz")
+                # The access log is DEBUG on its own logger: off at the default level,
+                # on when that logger (or bridge) is set to debug.
+                logging.getLogger("bridge.admin.access").setLevel(logging.DEBUG)
+                try:
+                    await c.get(f"http://{host}:{port}/healthz?probe=1")
+                finally:
+                    logging.getLogger("bridge.admin.access").setLevel(logging.NOTSET)
             nursery.cancel_scope.cancel()
     names = {r.name for r in caplog.records}
-    assert "bridge.admin.http" in names  # "Running on http://…"
-    assert "bridge.admin.access" not in names  # access log off by default
-    assert not any(n.startswith("hypercorn") for n in names)
+    assert "bridge.admin.http" in names  # "admin API listening on http://…"
+    access = [r.getMessage() for r in caplog.records if r.name == "bridge.admin.access"]
+    assert access == ["GET /healthz?probe=1 200"]
 
 
 async def test_list_events_by_status(client: httpx.AsyncClient) -> None:
@@ -540,3 +574,107 @@ async def test_list_events_by_status(client: httpx.AsyncClient) -> None:
     assert len(r.json()["events"]) == 2
     r = await client.get("/v1/events", params={"status": "lost"}, headers=auth)
     assert r.status_code == 400 and r.json()["error"] == "bad_request"
+
+
+# -- routing details (kept from the Starlette app this replaced) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("POST", "/healthz", 405, "GET, HEAD"),
+        ("OPTIONS", "/readyz", 405, "GET, HEAD"),
+        ("PATCH", "/v1/streams", 405, "GET, HEAD, POST"),
+        ("PUT", "/v1/streams/a", 405, "DELETE, GET, HEAD"),
+        ("DELETE", "/v1/log-level", 405, "GET, HEAD, PUT"),
+    ],
+)
+async def test_wrong_method_is_405_with_allow(
+    client: httpx.AsyncClient, method: str, path: str, status: int, allow: str
+) -> None:
+    # The method is checked before the token (as before): no token needed to learn it.
+    r = await client.request(method, path)
+    assert r.status_code == status
+    assert r.json() == {"error": "method_not_allowed", "message": "Method Not Allowed"}
+    assert r.headers["allow"] == allow
+
+
+async def test_head_answers_like_get_without_a_body(client: httpx.AsyncClient) -> None:
+    r = await client.head("/healthz")
+    assert (r.status_code, r.content) == (200, b"")
+    assert (await client.head("/v1/streams")).status_code == 401
+    assert (await client.head("/v1/streams", headers=AUTH)).status_code == 200
+
+
+async def test_unknown_paths_are_404_before_auth(client: httpx.AsyncClient) -> None:
+    for path in ("/nowhere", "/v1/nowhere", "//healthz", "/v1/streams/a/b", "/healthzz"):
+        r = await client.get(path)
+        assert r.status_code == 404, path
+        assert r.json() == {"error": "not_found", "message": "Not Found"}
+
+
+async def test_trailing_slash_redirects(client: httpx.AsyncClient) -> None:
+    for path, location in [
+        ("/healthz/", "/healthz"),
+        ("/v1/streams/?limit=1", "/v1/streams?limit=1"),
+        ("/v1/streams/a/", "/v1/streams/a"),
+    ]:
+        r = await client.get(path, follow_redirects=False)
+        assert (r.status_code, r.headers["location"]) == (307, location), path
+        assert "content-type" not in r.headers
+
+
+async def test_stream_ids_are_percent_decoded_and_queries_keep_the_last(
+    client: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    backend.live.append(_stream("a b", T0))
+    r = await client.get("/v1/streams/a%20b", headers=AUTH)
+    assert (r.status_code, r.json()["stream_id"]) == (200, "a b")
+    r = await client.get("/v1/streams?limit=x&limit=1", headers=AUTH)
+    assert r.status_code == 200 and len(r.json()["streams"]) == 1
+
+
+async def test_metrics_render_at_most_every_100ms(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.daemon import _admin
+
+    renders: list[str] = []
+    real = _admin.render_metrics
+
+    async def counting(metrics: Metrics, accept: str = "") -> tuple[bytes, str]:
+        renders.append(accept)
+        return await real(metrics, accept)
+
+    monkeypatch.setattr(_admin, "render_metrics", counting)
+    for _ in range(20):  # a scrape storm: one rendering
+        assert (await client.get("/metrics")).status_code == 200
+    om = {"Accept": "application/openmetrics-text; version=1.0.0"}
+    r = await client.get("/metrics", headers=om)  # the other format: its own rendering
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    assert len(renders) == 2
+    await trio.sleep(0.15)
+    await client.get("/metrics")
+    assert len(renders) == 3
+
+
+async def test_metrics_in_slices_equal_one_rendering(metrics: Metrics) -> None:
+    """render_metrics yields to the loop between slices, and says the same as
+    Metrics.render (bar the process's own counters, which move meanwhile)."""
+    from bridge.daemon._admin import render_metrics
+
+    metrics.stream_started("audiosocket", "agents")
+    for accept in ("", "application/openmetrics-text; version=1.0.0"):
+        whole, whole_type = metrics.render(accept)
+        sliced, sliced_type = await render_metrics(metrics, accept)
+        assert sliced_type == whole_type
+
+        def shape(body: bytes) -> list[str]:
+            return [
+                line.rsplit(" ", 1)[0]
+                for line in body.decode().splitlines()
+                if not line.startswith(("process_", "python_gc_", "bridge_tasks"))
+            ]
+
+        assert shape(sliced) == shape(whole)
+        assert sliced.count(b"# EOF") == whole.count(b"# EOF")

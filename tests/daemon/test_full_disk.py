@@ -30,6 +30,8 @@ import httpx
 import pytest
 import trio
 
+from bridge.daemon._admin import METRICS_MIN_INTERVAL_S
+
 from .asclient import AudioSocketCaller
 from .callback_receiver import CallbackReceiver, open_callback_receiver
 from .proc import REPO
@@ -161,6 +163,7 @@ async def rx() -> AsyncIterator[CallbackReceiver]:
 
 
 async def metric(client: httpx.AsyncClient, d: Daemon, name: str) -> float:
+    await trio.sleep(METRICS_MIN_INTERVAL_S)  # past the last rendering (see scrape.py)
     text = (await client.get(d.url("/metrics"))).text
     total = 0.0
     for line in text.splitlines():

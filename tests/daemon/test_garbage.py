@@ -470,8 +470,8 @@ class Barrage:
         await stream.aclose()
 
     async def admin_garbage_unterminated(self) -> None:
-        """Random bytes and no end of headers: hypercorn holds the connection until its
-        keep-alive timeout (5 s) and closes it, answering nothing."""
+        """Random bytes and no end of headers: the admin server holds the connection until
+        its request timeout (5 s), then answers 408 and closes it."""
         stream = await trio.open_tcp_stream(*self.daemon.bound["admin"])
         self.tags["admin_garbage_unterminated"] = ()
         self.needles["admin_garbage_unterminated"] = None
@@ -515,7 +515,7 @@ async def test_garbage_on_every_leg_while_good_calls_run(
                 async with trio.open_nursery() as bad:
                     for peer in barrage.peers():
                         bad.start_soon(peer)
-                # Every bad peer but the admin one hypercorn holds for 5 s is done well
+                # Every bad peer but the admin one held for 5 s (request timeout) is done well
                 # inside the good calls' 3 s; the good calls end on their own meanwhile.
             assert barrage is not None
 
@@ -564,7 +564,7 @@ async def test_garbage_on_every_leg_while_good_calls_run(
     assert statuses == [400, 400, 400]
     assert "JSON" in seen["admin_bad_bodies"][0][1] and "call_id" in seen["admin_bad_bodies"][1][1]
     assert seen["admin_garbage_request"].startswith(b"HTTP/1.1 400")
-    # Never a complete request: dropped (hypercorn's keep-alive timeout) or answered 4xx.
+    # Never a complete request: answered 408 at the request timeout (or dropped).
     unterminated = seen["admin_garbage_unterminated"]
     assert unterminated == b"" or unterminated.startswith(b"HTTP/1.1 4"), unterminated[:60]
 

@@ -29,13 +29,6 @@ DASHBOARD = REPO / "deploy" / "grafana" / "bridge.json"
 #: Series Prometheus itself makes for every target (not in the scrape).
 PROMETHEUS_SERIES = {"up"}
 
-#: Metrics that other branches add (listeners, admission, auth). The rules for them are
-#: in the "bridge-pending-merge" group and the dashboard's last row. Empty this after
-#: merging those branches: the test then requires them in the scrape.
-PENDING_METRICS = {
-    "bridge_listener_failures_total",
-}
-
 _KEYWORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right",
     "and", "or", "unless", "bool", "offset", "inf", "nan",
@@ -135,7 +128,7 @@ app = { url = "echo:", encapsulation = "sln" }
 def missing(exprs: list[str], exported: set[str]) -> dict[str, set[str]]:
     out = {}
     for expr in exprs:
-        gone = metric_names(expr) - exported - PROMETHEUS_SERIES - PENDING_METRICS
+        gone = metric_names(expr) - exported - PROMETHEUS_SERIES
         if gone:
             out[expr] = gone
     return out
@@ -151,20 +144,6 @@ def test_every_metric_on_the_dashboard_is_exported(exported: set[str]) -> None:
     exprs = dashboard_exprs()
     assert len(exprs) >= 30
     assert missing(exprs, exported) == {}
-
-
-def test_pending_metrics_are_kept_apart_and_not_yet_exported(exported: set[str]) -> None:
-    groups = rule_groups()
-    for name, rules in groups.items():
-        for rule in rules:
-            used = metric_names(rule["expr"]) & PENDING_METRICS
-            if name == "bridge-pending-merge":
-                assert used, f"{rule['alert']} belongs in the main group"
-            else:
-                assert not used, f"{rule['alert']} uses {used}: move it to bridge-pending-merge"
-    # Once a branch's metric is exported here, it is no longer pending: take it off
-    # PENDING_METRICS (and move its rules into the main group).
-    assert not (PENDING_METRICS & exported), "merged: remove these from PENDING_METRICS"
 
 
 def test_every_alert_has_a_severity_summary_and_description() -> None:
