@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never, cast
 
 import attrs
 import trio
@@ -33,7 +33,13 @@ from ..media import read_wav
 from ..streams import (
     AppConnector,
     CallLeg,
+    DegradedStream,
+    DroppedStream,
     EchoConnector,
+    LifecycleEvent,
+    RecoveredStream,
+    StartStream,
+    StopStream,
     Stream,
     StreamManager,
     StreamSettings,
@@ -53,7 +59,7 @@ from ._config import (
     load_config,
     match_route,
 )
-from ._events import StreamEvent, StreamRecord
+from ._events import HangupReason, StreamEvent, StreamRecord
 from ._logging import BadPeerLog, configure_logging
 from ._metrics import Metrics
 from ._notify import SdNotifier, serve_watchdog
@@ -67,10 +73,6 @@ __all__ = ["EXIT_LOST", "Daemon", "run_daemon"]
 EXIT_LOST = 3
 
 logger = logging.getLogger("bridge.daemon")
-
-
-def _percent(value: float) -> int:
-    return round(value)
 
 
 @attrs.define(slots=True, eq=False)
@@ -481,7 +483,8 @@ class Daemon:
             return "", ""
         return route.callback.url, route.callback.secret
 
-    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None:
+    def stream_event(self, stream: Stream, event: LifecycleEvent) -> None:
+        """A stream's lifecycle event -> its status callback (``StreamEvent``), by type."""
         url, secret = self._event_source(stream)
         common: dict[str, Any] = {
             "stream_id": stream.stream_id,
@@ -491,36 +494,40 @@ class Daemon:
             "callback_url": url,
             "callback_secret": secret,
         }
-        if event == "StartStream":
-            ev = StreamEvent.start(**common)
-            self.metrics.observe_setup(
-                "app_connected", time.monotonic() - stream.created_monotonic
-            )
-        elif event == "StopStream":
-            ev = StreamEvent.stop(
-                **common, reason=fields["reason"], duration_s=fields["duration_s"]
-            )
-        elif event == "DroppedStream":
-            ev = StreamEvent.dropped(
-                **common,
-                reason=fields["reason"],
-                error=fields.get("error"),
-                attempts=fields.get("attempts"),
-                duration_s=fields["duration_s"],
-            )
-        elif event == "DegradedStream":
-            ev = StreamEvent.degraded(**common, buffer_percent=_percent(fields["buffer_percent"]))
-        elif event == "RecoveredStream":
-            ev = StreamEvent.recovered(**common)
-        else:
-            return
+        match event:
+            case StartStream():
+                ev = StreamEvent.start(**common)
+                self.metrics.observe_setup(
+                    "app_connected", time.monotonic() - stream.created_monotonic
+                )
+            case StopStream():
+                # (StreamEvent checks the reason against REASONS.) The callback has no
+                # error for a normal stop; the record keeps it.
+                reason = cast(HangupReason, event.reason)
+                ev = StreamEvent.stop(**common, reason=reason, duration_s=event.duration_s)
+            case DroppedStream():
+                ev = StreamEvent.dropped(
+                    **common,
+                    reason=cast(HangupReason, event.reason),
+                    error=event.error,
+                    attempts=event.attempts,
+                    duration_s=event.duration_s,
+                )
+            case DegradedStream():
+                ev = StreamEvent.degraded(**common, buffer_percent=event.buffer_percent)
+            case RecoveredStream():
+                ev = StreamEvent.recovered(**common)
+            case _:
+                assert_never(event)
         if self.cluster is not None and ev.callback_url:  # cluster hook: events via Redis
             _clusterglue.emit(self, ev)
         elif self.store is not None:
             self.store.emit(ev)
-        if event in ("DroppedStream", "DegradedStream"):
+        if isinstance(event, DroppedStream | DegradedStream):
             logger.warning(
-                "%s", event, extra={"stream_id": stream.stream_id, "route": stream.route, **fields}
+                "%s",
+                event.name,
+                extra={"stream_id": stream.stream_id, "route": stream.route, **event.detail()},
             )
 
     def stream_state(self, stream: Stream, state: StreamState) -> None:

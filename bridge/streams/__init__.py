@@ -1,7 +1,20 @@
-"""Streams: the per-call nursery, its lifecycle and policies, and the process-wide ticker."""
+"""Streams: the per-call nursery, its lifecycle and policies, and the process-wide ticker.
+
+A stream reports to its ``StreamObserver`` (the daemon) with typed lifecycle events
+(:class:`StartStream`, :class:`StopStream`, :class:`DroppedStream`,
+:class:`DegradedStream`, :class:`RecoveredStream`).
+"""
 
 from ._echo import ECHO_URL, EchoConnection, EchoConnector
 from ._legs import AppConnection, AppConnector, CallLeg, Pipe, StreamSink
+from ._lifecycle import (
+    DegradedStream,
+    DroppedStream,
+    LifecycleEvent,
+    RecoveredStream,
+    StartStream,
+    StopStream,
+)
 from ._manager import StreamManager
 from ._pipelegs import Dialect, PipeAppConnection, PipeCallLeg
 from ._stream import Stream, StreamObserver, StreamSettings, StreamState
@@ -13,12 +26,18 @@ __all__ = [
     "AppConnection",
     "AppConnector",
     "CallLeg",
+    "DegradedStream",
     "Dialect",
+    "DroppedStream",
     "EchoConnection",
     "EchoConnector",
+    "LifecycleEvent",
     "Pipe",
     "PipeAppConnection",
     "PipeCallLeg",
+    "RecoveredStream",
+    "StartStream",
+    "StopStream",
     "Stream",
     "StreamManager",
     "StreamObserver",

@@ -63,6 +63,14 @@ from ..media import (
     frame_bytes,
 )
 from ._legs import AppConnection, AppConnector, CallLeg
+from ._lifecycle import (
+    DegradedStream,
+    DroppedStream,
+    LifecycleEvent,
+    RecoveredStream,
+    StartStream,
+    StopStream,
+)
 from ._ticker import Ticker, TickHandle
 from ._uplink import UplinkBuffer
 
@@ -116,7 +124,9 @@ class StreamSettings:
 class StreamObserver(Protocol):
     """The daemon side: events, records, metrics. Every call is synchronous and cheap."""
 
-    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None: ...
+    def stream_event(self, stream: Stream, event: LifecycleEvent) -> None:
+        """A lifecycle event (``_lifecycle``): the stream has already logged it."""
+        ...
 
     def stream_state(self, stream: Stream, state: StreamState) -> None: ...
 
@@ -129,7 +139,7 @@ class StreamObserver(Protocol):
 
 
 class _NullObserver:
-    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None:
+    def stream_event(self, stream: Stream, event: LifecycleEvent) -> None:
         pass
 
     def stream_state(self, stream: Stream, state: StreamState) -> None:
@@ -384,16 +394,11 @@ class Stream:
             # The app leg was already stopped and closed by the supervisor on its way out.
             await self.call.aclose(reason)
         self.ended_at = _utcnow()
-        duration_s = (self.ended_at - self.started_at).total_seconds()
-        fields: dict[str, Any] = {"reason": reason, "duration_s": round(duration_s, 3)}
+        duration_s = round((self.ended_at - self.started_at).total_seconds(), 3)
         if reason in DROP_REASONS:
-            fields["error"] = self.error
-            fields["attempts"] = self.outage_attempts
-            self._emit("DroppedStream", fields)
+            self._emit(DroppedStream(reason, duration_s, self.error, self.outage_attempts))
         else:
-            if self.error:
-                fields["error"] = self.error
-            self._emit("StopStream", fields)
+            self._emit(StopStream(reason, duration_s, self.error))
         self._set_state(StreamState.CLOSED)
         logger.info(
             "stream closed",
@@ -581,7 +586,7 @@ class Stream:
         crossed = uplink.append(item)
         for threshold in crossed:
             self._note("degraded", {"buffer_percent": threshold})
-            self._emit("DegradedStream", {"buffer_percent": threshold})
+            self._emit(DegradedStream(threshold))
         if uplink.full:
             self.end("slow_connection", f"uplink buffer full ({self.settings.buffer_s:g}s of audio)")
 
@@ -604,7 +609,7 @@ class Stream:
             return
         if uplink.check_recovered():
             self._note("recovered", {"buffer_percent": round(uplink.percent, 1)})
-            self._emit("RecoveredStream", {})
+            self._emit(RecoveredStream())
 
     # ==================================================================================
     # app -> call (downlink)
@@ -819,7 +824,7 @@ class Stream:
             self._note("resumed", {"replayed_ms": replayed_ms})
         else:
             self._app_ever_up = True
-            self._emit("StartStream", {})
+            self._emit(StartStream())
         self._set_state(StreamState.STREAMING)
         self._drain_uplink()
 
@@ -867,9 +872,9 @@ class Stream:
     def _note(self, name: str, detail: dict[str, Any]) -> None:
         self.log.append({"at": _utcnow().isoformat(), "event": name, **detail})
 
-    def _emit(self, event: str, fields: dict[str, Any]) -> None:
-        self._note(event, fields)
-        self.observer.stream_event(self, event, fields)
+    def _emit(self, event: LifecycleEvent) -> None:
+        self._note(event.name, event.detail())
+        self.observer.stream_event(self, event)
 
     def _bad_input(self, leg: str, kind: str, message: str) -> None:
         # The observer logs it: the daemon within its bad-peer line budget.
