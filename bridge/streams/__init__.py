@@ -14,10 +14,12 @@ from ._lifecycle import (
     RecoveredStream,
     StartStream,
     StopStream,
+    StreamState,
 )
 from ._manager import StreamManager
 from ._pipelegs import Dialect, PipeAppConnection, PipeCallLeg
-from ._stream import Stream, StreamObserver, StreamSettings, StreamState
+from ._stream import Stream, StreamObserver, StreamSettings
+from ._supervisor import AppSupervisor, RetryPolicy
 from ._ticker import TickClient, Ticker, TickHandle
 from ._uplink import UplinkBuffer
 
@@ -25,6 +27,7 @@ __all__ = [
     "ECHO_URL",
     "AppConnection",
     "AppConnector",
+    "AppSupervisor",
     "CallLeg",
     "DegradedStream",
     "Dialect",
@@ -36,6 +39,7 @@ __all__ = [
     "PipeAppConnection",
     "PipeCallLeg",
     "RecoveredStream",
+    "RetryPolicy",
     "StartStream",
     "StopStream",
     "Stream",

@@ -1,7 +1,10 @@
-"""A stream's lifecycle events, as the stream reports them to its observer (the daemon).
+"""A stream's lifecycle: its states, and the events it reports to its observer (the daemon).
 
-ARCHITECTURE.md, "Reliability policy" and "Status callbacks": a stream says what happened
-to it once per occurrence, and the daemon turns each into a status callback
+States (ARCHITECTURE.md, "Lifecycle"): ``connecting -> open -> streaming -> closing ->
+closed``, with ``connecting`` again while the app leg reconnects (:class:`StreamState`).
+
+Events (ARCHITECTURE.md, "Reliability policy" and "Status callbacks"): a stream says what
+happened to it once per occurrence, and the daemon turns each into a status callback
 (``daemon._events.StreamEvent``), a log line and metrics. Each event is a small frozen
 object, so the daemon dispatches on its type and every field is named and typed; the
 stream's own event log (``Stream.log``, in ``GET /v1/streams/{id}`` and the record) takes
@@ -12,6 +15,7 @@ They are rare (a handful per call), never on a per-frame path.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, ClassVar
 
 import attrs
@@ -23,7 +27,16 @@ __all__ = [
     "RecoveredStream",
     "StartStream",
     "StopStream",
+    "StreamState",
 ]
+
+
+class StreamState(enum.StrEnum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    STREAMING = "streaming"
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
 @attrs.frozen(slots=True)

@@ -10,6 +10,11 @@ supervisor (ARCHITECTURE.md, "The nursery tree")::
             ├── app reader            app leg -> decode -> playout buffer, marks, clear
             └── app writer            uplink buffer -> app leg (replay, backpressure)
 
+The stream is the wiring and the per-frame paths; its policies are their own modules:
+the playout timing (``media.PlayoutPolicy``, pure), the uplink buffer (``_uplink``), the
+reconnect supervisor and its ``RetryPolicy`` (``_supervisor``), and the lifecycle it
+reports to its observer as typed events (``_lifecycle``).
+
 The per-frame paths never hand a frame to another task:
 
 * call -> app: the call reader decodes, resamples and sends to the app leg with a
@@ -27,7 +32,6 @@ dialect's stop to the app, close both legs, emit the final event, write the reco
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import time
@@ -48,7 +52,6 @@ from ..dialects import (
     Event,
     Hangup,
     Mark,
-    Start,
     Stats,
     StatsRequest,
     Stop,
@@ -68,9 +71,10 @@ from ._lifecycle import (
     DroppedStream,
     LifecycleEvent,
     RecoveredStream,
-    StartStream,
     StopStream,
+    StreamState,
 )
+from ._supervisor import AppSupervisor, RetryPolicy
 from ._ticker import Ticker, TickHandle
 from ._uplink import UplinkBuffer
 
@@ -87,14 +91,6 @@ CLOSE_BUDGET_S = 3.0
 #: If the app sends no audio, the grid starts anyway (silence or hold to the caller)
 #: this long after the stream started; the app's first audio starts it earlier.
 START_GRID_AFTER_S = 0.1
-
-
-class StreamState(enum.StrEnum):
-    CONNECTING = "connecting"
-    OPEN = "open"
-    STREAMING = "streaming"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 @attrs.frozen(slots=True)
@@ -209,7 +205,6 @@ class Stream:
     # -- internals ---------------------------------------------------------------------
     _cancel: trio.CancelScope | None = None
     _app: AppConnection | None = None
-    _app_ever_up: bool = False
     _uplink: UplinkBuffer = attrs.field(init=False)
     _policy: PlayoutPolicy = attrs.field(init=False)
     _tick: TickHandle | None = None
@@ -371,7 +366,9 @@ class Stream:
                 if self.reason is not None:  # ended before it started
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(self._serve_call)
-                nursery.start_soon(self._supervise)
+                s = self.settings
+                supervisor = AppSupervisor(self, RetryPolicy(s.retries, s.backoff_s))
+                nursery.start_soon(supervisor.run)
                 nursery.start_soon(self._serve_timers)
                 self._tick = self.ticker.register(self, math.inf)
         except Exception as exc:  # a bug, not a peer: log it, and still close in order
@@ -741,122 +738,6 @@ class Stream:
             self._app_event(Mark(name))
         if policy.take_drained():
             self._app_event(Drained())
-
-    # ==================================================================================
-    # reconnect supervisor
-    # ==================================================================================
-
-    async def _supervise(self) -> None:
-        """Own the app leg: the first attempt plus ``retries`` more with doubling
-        backoff, at initiation and again after every mid-stream loss."""
-        s = self.settings
-        attempt = 0
-        delay = s.backoff_s
-        last_error = ""
-        while True:
-            attempt += 1
-            self.attempts += 1
-            self.outage_attempts = attempt
-            self._set_state(StreamState.CONNECTING)
-            outcome: str | None = None
-            try:
-                async with self.connector.open(self.stream_id, self.call_id) as conn:
-                    attempt, delay = 0, s.backoff_s
-                    try:
-                        self._on_app_connected(conn)
-                        outcome = await self._run_connection(conn)
-                    finally:
-                        self._app = None
-                        if self.reason is not None:
-                            # The stream is ending: the dialect's stop goes out before
-                            # the close handshake that leaving this block performs.
-                            try:
-                                conn.send_event(Stop(self.reason))
-                            except (ConnectionClosed, TransportError):
-                                pass
-            except (TransportError, OSError) as exc:
-                last_error = str(exc) or type(exc).__name__
-                self._note("connect_failed", {"attempt": self.outage_attempts, "error": last_error})
-                logger.info(
-                    "app connect attempt %d failed: %s",
-                    self.outage_attempts,
-                    last_error,
-                    extra={"stream_id": self.stream_id, "route": self.route},
-                )
-                if attempt > s.retries:
-                    when = "mid-stream" if self._app_ever_up else "at initiation"
-                    self.end(
-                        "connection_error",
-                        f"app leg unreachable {when} after {attempt} attempts: {last_error}",
-                    )
-                    return
-                await trio.sleep(delay)
-                delay *= 2
-                continue
-            if outcome is None:
-                self.end("app_hangup")
-                return
-            self.reconnects += 1
-            self._note("app_lost", {"error": outcome})
-            logger.warning(
-                "app leg lost: %s; reconnecting",
-                outcome,
-                extra={"stream_id": self.stream_id, "route": self.route},
-            )
-
-    def _on_app_connected(self, conn: AppConnection) -> None:
-        resumed = self._app_ever_up
-        replayed_ms = self._uplink.fill_ms
-        self._app = conn
-        self._set_state(StreamState.OPEN)
-        conn.send_event(
-            Start(
-                stream_id=self.stream_id,
-                call_id=self.call_id,
-                sample_rate=self.settings.app_sample_rate,
-                encoding="L16",
-                metadata=self.call.metadata(),
-                resumed=resumed,
-                replayed_ms=replayed_ms,
-            )
-        )
-        if resumed:
-            self._note("resumed", {"replayed_ms": replayed_ms})
-        else:
-            self._app_ever_up = True
-            self._emit(StartStream())
-        self._set_state(StreamState.STREAMING)
-        self._drain_uplink()
-
-    async def _run_connection(self, conn: AppConnection) -> str | None:
-        """Run one connection's reader and writer. None = a normal end (the app hung up,
-        or the stream is ending); otherwise the failure, and the supervisor reconnects."""
-        failure: list[str] = []
-
-        async def reader(cancel: trio.CancelScope) -> None:
-            try:
-                await conn.serve_reader(self)
-            except (DialectError, FramingError) as exc:
-                # PROTOCOLS.md §0: malformed input from the app ends that connection;
-                # the supervisor then reconnects.
-                kind = exc.kind if isinstance(exc, FramingError) else "protocol_error"
-                self._bad_input("app", kind, str(exc))
-                failure.append(f"app leg {kind.replace('_', ' ')}: {exc}")
-            except (ConnectionClosed, TransportError) as exc:
-                failure.append(str(exc) or type(exc).__name__)
-            cancel.cancel()
-
-        async def writer(cancel: trio.CancelScope) -> None:
-            try:
-                await conn.serve_writer(self._drain_uplink)
-            except (ConnectionClosed, TransportError) as exc:
-                failure.append(str(exc) or type(exc).__name__)
-                cancel.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader, nursery.cancel_scope)
-            nursery.start_soon(writer, nursery.cancel_scope)
-        return failure[0] if failure else None
 
     # ==================================================================================
     # bookkeeping
