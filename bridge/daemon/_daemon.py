@@ -10,8 +10,10 @@
         ├── poller                   one epoll wake-up reads every ready media socket
         └── streams nursery          one Stream per call
 
-``Daemon`` is also the admin API's backend and every stream's observer (events,
-records, metrics), so the lower layers never import the daemon.
+``Daemon`` is also the admin API's backend (``_admin.AdminBackend``), the listeners'
+``CallAdmission`` (``_admission``: routes, the one admission check, refusals, the resume
+and accept registries, the cluster hooks) and every stream's observer (typed lifecycle
+events, records, metrics), so neither the lower layers nor the listeners import it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import attrs
 import trio
 
 from .._errors import BridgeError, StreamRefused
+from ..dialects import Start
 from ..media import read_wav
 from ..streams import (
     AppConnector,
@@ -47,9 +50,16 @@ from ..streams import (
     Ticker,
 )
 from ..streams._wsapp import WsAppConnector
-from ..transports import Poller, raise_open_files_limit, use_poller
+from ..transports import (
+    Poller,
+    WebSocketConnection,
+    WebSocketRequest,
+    raise_open_files_limit,
+    use_poller,
+)
 from . import _clusterglue
 from ._admin import create_admin_app, serve_admin
+from ._admission import AcceptSlot, ResumeKey
 from ._config import (
     AppConfig,
     Config,
@@ -91,15 +101,15 @@ class Daemon:
     listening: bool = False
     stopping: bool = False
     ready_event: trio.Event = attrs.field(factory=trio.Event)
-    #: Hooks for the call-leg listeners of later layers (carrier WebSocket, RTP).
+    #: ``POST /v1/streams``: the RTP listener's opener (``_rtp.RtpOpener``) while it runs.
     rtp_opener: Callable[[dict[str, Any]], Any] | None = None
     _hold_cache: dict[str, tuple[bytes, int]] = attrs.field(factory=dict)
     _routes_by_stream: dict[str, RouteConfig] = attrs.field(factory=dict)
     #: Carrier streams by (route, carrier call id, carrier stream id), for re-dial resume.
-    resumable: dict[tuple[str, str, str], Stream] = attrs.field(factory=dict)
-    resumable_keys: dict[str, tuple[str, str, str]] = attrs.field(factory=dict)
+    _resumable: dict[ResumeKey, Stream] = attrs.field(factory=dict)
+    _resumable_keys: dict[str, ResumeKey] = attrs.field(factory=dict)
     #: Accept-mode streams waiting for their app to dial in, by stream id.
-    accept_slots: dict[str, Any] = attrs.field(factory=dict)
+    _accept_slots: dict[str, AcceptSlot] = attrs.field(factory=dict)
     #: The WebSocket listener's TLS context when it serves wss:// (SIGHUP swaps it).
     tls: ServerTls | None = None
     #: This process in the cluster (``bridge.cluster.ClusterNode``) while
@@ -200,9 +210,21 @@ class Daemon:
                 serve_carrier_websocket, self, cfg.websocket
             )
         if cfg.rtp.ports:
-            from . import _rtp  # noqa: F401  (registers the RTP port-pool hook)
-        for hook in _LISTENER_HOOKS:
-            await hook(self, nursery)
+            from ._rtp import open_rtp_opener
+
+            opener = open_rtp_opener(self, cfg.rtp)
+            if opener is not None:
+                self.rtp_opener = opener
+                nursery.start_soon(self._serve_rtp, opener, name="rtp port pool")
+
+    async def _serve_rtp(self, opener: Any) -> None:
+        """Hold the RTP port pool; on the way out ``POST /v1/streams`` is refused
+        (``rtp_disabled``) before the pool closes."""
+        try:
+            await opener.serve()
+        finally:
+            if self.rtp_opener is opener:
+                self.rtp_opener = None
 
     async def _serve_metrics_sampler(self) -> None:
         """Move the streams' plain counters into Prometheus once a second (the per-frame
@@ -349,6 +371,13 @@ class Daemon:
     ) -> RouteConfig | None:
         return match_route(self.config, listener, path, headers, query)
 
+    def check_admission(self) -> None:
+        """The one admission check (``CallAdmission``): draining, then the stream
+        manager's (``max_streams``, the streams nursery running). Raises StreamRefused."""
+        if self.stopping:
+            raise StreamRefused("draining", "bridge is draining; new calls are refused")
+        self.manager.check_admission()
+
     def stream_settings(self, route: RouteConfig) -> tuple[StreamSettings, StreamConfig]:
         scfg = self.config.route_stream(route)
         hold_pcm, hold_rate = b"", 8000
@@ -393,9 +422,7 @@ class Daemon:
         self, call: CallLeg, route: RouteConfig, listener: str, stream_id: str | None = None
     ) -> Stream:
         """Admit and start a stream for ``call`` on ``route``. Raises ``StreamRefused``."""
-        if self.stopping:
-            raise StreamRefused("draining", "bridge is draining; new calls are refused")
-        self.manager.check_admission()
+        self.check_admission()
         stream_id = stream_id or str(uuid.uuid4())
         settings, scfg = self.stream_settings(route)
         stream = Stream(
@@ -426,6 +453,9 @@ class Daemon:
         )
         return stream
 
+    def stream_live(self, stream_id: str) -> bool:
+        return self.manager.get(stream_id) is not None
+
     def refused(self, listener: str, reason: str, peer: str, *, call_id: str = "") -> None:
         self.metrics.stream_refused(listener, reason)
         extra = {"listener": listener, "reason": reason, "peer": peer, "call_id": call_id}
@@ -447,6 +477,10 @@ class Daemon:
             message,
             extra={"leg": leg, "kind": kind, "peer": peer},
         )
+
+    def bad_input_counter(self, leg: str, kind: str) -> Callable[[], None]:
+        """Bad input counted per packet (malformed RTP); the leg logs it once itself."""
+        return self.metrics.bad_input.labels(leg=leg, kind=kind).inc
 
     def admission_refused(self, listener: str, reason: str, peer: str) -> None:
         """A connection closed at accept: over a pending limit (per peer or in all)."""
@@ -474,6 +508,44 @@ class Daemon:
             route,
             extra={"listener": listener, "reason": reason, "peer": peer, "route": route},
         )
+
+    # -- CallAdmission: re-dials, accept mode, cluster hooks ------------------------------
+
+    def resumable_stream(self, key: ResumeKey) -> Stream | None:
+        return self._resumable.get(key)
+
+    def register_resumable(self, key: ResumeKey, stream: Stream) -> None:
+        self._resumable[key] = stream
+        self._resumable_keys[stream.stream_id] = key
+        if self.cluster is not None:  # cluster hook: register the resume key
+            self.cluster.set_resume(stream.stream_id, *key)
+
+    def accept_slot(self, stream_id: str) -> AcceptSlot | None:
+        return self._accept_slots.get(stream_id)
+
+    def open_accept_slot(self, stream_id: str, slot: AcceptSlot) -> None:
+        self._accept_slots[stream_id] = slot
+
+    def close_accept_slot(self, stream_id: str, slot: AcceptSlot) -> None:
+        if self._accept_slots.get(stream_id) is slot:
+            del self._accept_slots[stream_id]
+
+    @property
+    def clustered(self) -> bool:
+        return self.cluster is not None
+
+    async def cluster_carrier_connected(
+        self,
+        route: RouteConfig,
+        request: WebSocketRequest,
+        ws: WebSocketConnection,
+        start: Start,
+        local: bool,
+    ) -> bool:
+        return await _clusterglue.carrier_connected(self, route, request, ws, start, local)
+
+    async def cluster_app_connecting(self, request: WebSocketRequest, stream_id: str) -> bool:
+        return await _clusterglue.app_connecting(self, request, stream_id)
 
     # -- StreamObserver ----------------------------------------------------------------
 
@@ -554,9 +626,9 @@ class Daemon:
 
     def stream_closed(self, stream: Stream) -> None:
         route = self._routes_by_stream.pop(stream.stream_id, None)
-        key = self.resumable_keys.pop(stream.stream_id, None)
+        key = self._resumable_keys.pop(stream.stream_id, None)
         if key is not None:
-            self.resumable.pop(key, None)
+            self._resumable.pop(key, None)
         if self.cluster is not None:  # cluster hook: unregister the stream
             self.cluster.stream_ended(stream.stream_id)
         reason = stream.reason or "shutdown"
@@ -733,10 +805,6 @@ def _merge_reload(old: Config, new: Config, *, tls: bool = False) -> Config:
         old, routes=new.routes, stream=new.stream, daemon=new.daemon, websocket=websocket
     )
 
-
-#: Listener starters of later layers: async fn(daemon, nursery) that bind, register in
-#: ``daemon.bound`` and start serving. Registered by their modules at import.
-_LISTENER_HOOKS: list[Callable[[Daemon, trio.Nursery], Any]] = []
 
 #: App connector factories by ``app.mode``: fn(daemon, route, stream_config, stream_id).
 _CONNECTOR_FACTORIES: dict[str, Callable[[Daemon, RouteConfig, StreamConfig, str], AppConnector]] = {}
