@@ -8,7 +8,9 @@
   :class:`Admission` (pending connections limited per peer and in all);
   :class:`TcpPipe`, a connected stream with the non-blocking writer
   (``send_nowait`` + ``serve_writer``) that the WebSocket connection has too.
-* UDP: :func:`open_udp_socket`, :class:`UdpPortPool` for RTP ports.
+* UDP: :func:`open_udp_socket`, :class:`UdpPortPool` for RTP ports, and
+  :class:`DatagramSocket`, a media leg's socket I/O (batched non-blocking receive, a
+  ``sendto`` that drops rather than waits).
 * :class:`Poller`: one epoll for a process's media sockets (readers in poll mode).
 * Addresses: :func:`parse_host_port` reads every ``host:port`` (``[v6]:port``) bridge
   is given, :func:`format_peer` writes one.
@@ -28,7 +30,7 @@ from ._tcp import (
     serve_tcp,
     set_nodelay,
 )
-from ._udp import UdpPortPool, open_udp_socket
+from ._udp import Address, DatagramSocket, UdpPortPool, open_udp_socket
 from ._websocket import (
     HeadersLike,
     WebSocketConnection,
@@ -40,7 +42,9 @@ from ._websocket import (
 
 __all__ = [
     "HOST_PORT_FORM",
+    "Address",
     "Admission",
+    "DatagramSocket",
     "HeadersLike",
     "Pending",
     "PollRegistration",
