@@ -29,12 +29,19 @@ imports both sides, and it imports this package only in cluster mode)::
     _daemon.Daemon.stream_event     events with a callback_url: _clusterglue.emit(self, ev)
                                     instead of store.emit(ev)
     _daemon.Daemon.stream_closed    daemon.cluster.stream_ended(stream_id)
-    _carrier._handle_carrier        after request.accept(): ws.record_input();
+    _daemon.Daemon.register_resumable
+                                    daemon.cluster.set_resume(id, *key)
+
+and in the WebSocket listener, through its ``CallAdmission`` (``_admission.py``; the
+daemon answers with ``_clusterglue``)::
+
+    _carrier._handle_carrier        after request.accept(): if admission.clustered:
+                                    ws.record_input();
                                     after the start, before resuming locally:
-                                    await _clusterglue.carrier_connected(...) -> return
-                                    after a new stream: daemon.cluster.set_resume(id, *key)
-    _carrier._handle_app            slot is None: await _clusterglue.app_connecting(...)
-                                    -> return
+                                    await admission.cluster_carrier_connected(...) -> return
+                                    after a new stream: admission.register_resumable(...)
+    _carrier._handle_app            slot is None:
+                                    await admission.cluster_app_connecting(...) -> return
 
 and in the transport (``transports/_websocket.py``): ``WebSocketConnection.record_input``,
 ``stop_recording``, ``detach`` and ``adopt_websocket_server`` (a server connection

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -33,10 +32,8 @@ from ..transports import (
     set_nodelay,
 )
 from ..transports._pipes import TcpPipe
+from ._admission import CallAdmission
 from ._config import AudioSocketConfig
-
-if TYPE_CHECKING:
-    from ._daemon import Daemon
 
 __all__ = ["serve_audiosocket"]
 
@@ -46,7 +43,7 @@ LISTENER = "audiosocket"
 
 
 async def serve_audiosocket(
-    daemon: Daemon,
+    admission: CallAdmission,
     config: AudioSocketConfig,
     *,
     listener: trio.SocketListener | None = None,
@@ -59,30 +56,30 @@ async def serve_audiosocket(
         assert addr is not None
         listener = await open_tcp_listener(addr[0], addr[1], reuse_port=config.reuse_port)
     bound = listener.socket.getsockname()
-    admission = Admission(config.max_pending, min(config.max_pending_per_peer, config.max_pending))
+    limits = Admission(config.max_pending, min(config.max_pending_per_peer, config.max_pending))
 
     def refused(peer: tuple[str, int], reason: str) -> None:
-        daemon.admission_refused(LISTENER, reason, format_peer(peer))
+        admission.admission_refused(LISTENER, reason, format_peer(peer))
 
     async def handle(stream: trio.SocketStream, peer: tuple[str, int], pending: Pending) -> None:
-        await _handle(daemon, config, stream, format_peer(peer), pending)
+        await _handle(admission, config, stream, format_peer(peer), pending)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            functools.partial(serve_admitted, handle, [listener], admission, on_refused=refused)
+            functools.partial(serve_admitted, handle, [listener], limits, on_refused=refused)
         )
         logger.info(
             "AudioSocket listening on %s:%d (pending at most %d, %d per peer)",
             bound[0],
             bound[1],
-            admission.max_pending,
-            admission.max_pending_per_peer,
+            limits.max_pending,
+            limits.max_pending_per_peer,
         )
         task_status.started((bound[0], bound[1]))
 
 
 async def _handle(
-    daemon: Daemon,
+    admission: CallAdmission,
     config: AudioSocketConfig,
     stream: trio.SocketStream,
     peer: str,
@@ -109,7 +106,7 @@ async def _handle(
                         events = events[i + 1 :]
                         break
         if scope.cancelled_caught:
-            daemon.bad_input(
+            admission.bad_input(
                 LISTENER,
                 "first_frame_timeout",
                 f"no UUID frame within {config.first_frame_timeout_s:g}s "
@@ -120,9 +117,9 @@ async def _handle(
         assert start is not None
         # The UUID arrived: no longer pending, whatever happens to the call now.
         pending.release()
-        route = daemon.match_route(LISTENER)
+        route = admission.match_route(LISTENER)
         if route is None:
-            daemon.refused(LISTENER, "no_route", peer, call_id=start.call_id)
+            admission.refused(LISTENER, "no_route", peer, call_id=start.call_id)
             pipe.send_nowait(HANGUP_FRAME)
             return
         leg = PipeCallLeg(
@@ -135,18 +132,18 @@ async def _handle(
             peer=peer,
         )
         try:
-            daemon.start_stream(leg, route, LISTENER)
+            admission.start_stream(leg, route, LISTENER)
         except StreamRefused as exc:
-            daemon.refused(LISTENER, exc.reason, peer, call_id=start.call_id)
+            admission.refused(LISTENER, exc.reason, peer, call_id=start.call_id)
             pipe.send_nowait(HANGUP_FRAME)
             return
         handed_over = True
     except DialectError as exc:
-        daemon.bad_input(LISTENER, "protocol_error", str(exc), peer=peer)
+        admission.bad_input(LISTENER, "protocol_error", str(exc), peer=peer)
     except ConnectionClosed:
         if start is None:
             if received:
-                daemon.bad_input(
+                admission.bad_input(
                     LISTENER,
                     "closed_before_uuid",
                     f"closed after {received} bytes, before its UUID frame",

@@ -37,7 +37,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import msgspec
@@ -53,14 +53,11 @@ from .._errors import (
 from ..dialects import Event, Start
 from ..streams import PipeAppConnection, PipeCallLeg
 from ..streams._wsapp import platform_dialect
-from ..transports import WebSocketConnection, WebSocketRequest, serve_websocket
-from . import _clusterglue
+from ..transports import WebSocketRequest, serve_websocket
+from ._admission import AcceptSlot, CallAdmission
 from ._config import AuthConfig, RouteConfig, StreamConfig, WebSocketConfig
 from ._credentials import as_bytes, matches, matches_any
 from ._forwarded import Origin, resolve_origin
-
-if TYPE_CHECKING:
-    from ._daemon import Daemon
 
 __all__ = ["AcceptConnector", "serve_carrier_websocket", "twilio_signature", "twilio_urls"]
 
@@ -126,22 +123,11 @@ def _carrier_app_dialect(carrier: str) -> Any:
 
 
 @attrs.define(slots=True, eq=False)
-class _AcceptSlot:
-    """An accept-mode stream waiting for its app to dial in."""
-
-    route: RouteConfig
-    ready: trio.Event = attrs.field(factory=trio.Event)
-    ws: WebSocketConnection | None = None
-    done: trio.Event = attrs.field(factory=trio.Event)
-    waiting: bool = False
-
-
-@attrs.define(slots=True, eq=False)
 class AcceptConnector:
     """App connector of ``app.mode = "accept"``: each attempt waits up to
     ``accept_timeout`` for the app to connect to this stream's media URL."""
 
-    daemon: Daemon
+    admission: CallAdmission
     route: RouteConfig
     stream_id: str
     accept_timeout_s: float
@@ -153,10 +139,10 @@ class AcceptConnector:
 
     @asynccontextmanager
     async def open(self, stream_id: str, call_id: str) -> AsyncIterator[PipeAppConnection]:
-        slots = self.daemon.accept_slots
-        slot = _AcceptSlot(self.route)
+        admission = self.admission
+        slot = AcceptSlot(self.route)
         slot.waiting = True
-        slots[stream_id] = slot
+        admission.open_accept_slot(stream_id, slot)
         try:
             with trio.move_on_after(self.accept_timeout_s):
                 await slot.ready.wait()
@@ -184,12 +170,11 @@ class AcceptConnector:
         finally:
             slot.waiting = False
             slot.done.set()
-            if slots.get(stream_id) is slot:
-                del slots[stream_id]
+            admission.close_accept_slot(stream_id, slot)
 
 
 async def serve_carrier_websocket(
-    daemon: Daemon,
+    admission: CallAdmission,
     config: WebSocketConfig,
     *,
     listeners: list[trio.SocketListener] | None = None,
@@ -201,24 +186,24 @@ async def serve_carrier_websocket(
     async def handler(request: WebSocketRequest) -> None:
         try:
             if request.path.startswith(MEDIA_PREFIX) and request.path.endswith(MEDIA_SUFFIX):
-                await _handle_app(daemon, request)
+                await _handle_app(admission, request)
             else:
-                await _handle_carrier(daemon, config, request)
+                await _handle_carrier(admission, config, request)
         except ConnectionClosed:
             pass
 
     async with trio.open_nursery() as nursery:
 
         def bad_handshake(peer: str, kind: str, why: str) -> None:
-            daemon.bad_input(LISTENER, kind, why, peer=peer)
+            admission.bad_input(LISTENER, kind, why, peer=peer)
 
         def refused(peer: str, reason: str) -> None:
-            daemon.admission_refused(LISTENER, reason, peer)
+            admission.admission_refused(LISTENER, reason, peer)
 
         def tls_error(peer: str, kind: str, why: str) -> None:
-            daemon.bad_input(LISTENER, kind, why, peer=peer)
+            admission.bad_input(LISTENER, kind, why, peer=peer)
 
-        tls = daemon.tls
+        tls = admission.tls
         bound: list[tuple[str, int]] = await nursery.start(
             functools.partial(
                 _serve,
@@ -277,12 +262,12 @@ async def _serve(
     )
 
 
-def _origin(daemon: Daemon, request: WebSocketRequest) -> Origin:
+def _origin(admission: CallAdmission, request: WebSocketRequest) -> Origin:
     """The client behind the request (``X-Forwarded-*`` from a trusted proxy only)."""
     return resolve_origin(
         request.remote,
         request.headers.raw_items(),
-        daemon.config.websocket.trusted_networks,
+        admission.config.websocket.trusted_networks,
     )
 
 
@@ -347,14 +332,14 @@ def _authorized(
 
 
 async def _handle_carrier(
-    daemon: Daemon, config: WebSocketConfig, request: WebSocketRequest
+    admission: CallAdmission, config: WebSocketConfig, request: WebSocketRequest
 ) -> None:
-    origin = _origin(daemon, request)
+    origin = _origin(admission, request)
     peer = origin.label
     headers = _headers(request)
-    route = daemon.match_route(LISTENER, request.path, headers, dict(request.query))
+    route = admission.match_route(LISTENER, request.path, headers, dict(request.query))
     if route is None or route.carrier is None:
-        daemon.refused(LISTENER, "no_route", f"{peer} {request.path}")
+        admission.refused(LISTENER, "no_route", f"{peer} {request.path}")
         await request.reject(404, _json({"error": "not_found", "message": "no route for this path"}))
         return
     why = _authorized(route, request, headers, origin, config.tls)
@@ -364,23 +349,21 @@ async def _handle_carrier(
             # The usual cause behind a proxy: it is not in trusted_proxies, so the URL
             # it forwarded (the one Twilio signed) was not used.
             path += " (X-Forwarded-* headers from a peer not in [websocket] trusted_proxies were ignored)"
-        daemon.auth_failed(LISTENER, route.name, why, peer, path)
+        admission.auth_failed(LISTENER, route.name, why, peer, path)
         await request.reject(
             401, _json({"error": "unauthorized", "message": why}), [("WWW-Authenticate", "Bearer")]
         )
         return
     try:
-        if daemon.stopping:
-            raise StreamRefused("draining")
-        daemon.manager.check_admission()
+        admission.check_admission()
     except StreamRefused as exc:
-        daemon.refused(LISTENER, exc.reason, f"{peer} {request.path}")
+        admission.refused(LISTENER, exc.reason, f"{peer} {request.path}")
         await request.reject(503, _json({"error": "refused", "reason": exc.reason}))
         return
     # Still pending (against max_handshakes and the per-peer limit) until the start
     # message: a carrier that upgrades and then says nothing is a slowloris too.
     ws = await request.accept(keep_pending=True)
-    if daemon.cluster is not None:  # cluster hook: keep what is read, for a hand-off
+    if admission.clustered:  # cluster hook: keep what is read, for a hand-off
         ws.record_input()
     dialect = _carrier_app_dialect(route.carrier)
     start: Start | None = None
@@ -397,7 +380,7 @@ async def _handle_carrier(
                     elif start is not None:
                         pending.append(event)
         if scope.cancelled_caught or start is None:
-            daemon.bad_input(
+            admission.bad_input(
                 LISTENER,
                 "no_start",
                 f"no start message within {config.handshake_timeout_s:g}s of connecting "
@@ -407,15 +390,15 @@ async def _handle_carrier(
             await ws.close(1008, "no start message")
             return
     except DialectError as exc:
-        daemon.bad_input(LISTENER, "protocol_error", str(exc), peer=peer)
+        admission.bad_input(LISTENER, "protocol_error", str(exc), peer=peer)
         await ws.close(1008, "protocol error")
         return
     except FramingError as exc:
         # The connection is already failed (1002/1007/1009 sent); nothing to close.
-        daemon.bad_input(LISTENER, exc.kind, f"{exc} (before start)", peer=peer)
+        admission.bad_input(LISTENER, exc.kind, f"{exc} (before start)", peer=peer)
         return
     except ConnectionClosed as exc:
-        daemon.bad_input(
+        admission.bad_input(
             LISTENER,
             "closed_before_start",
             f"closed after {messages} messages, before its start message: {exc}",
@@ -435,9 +418,9 @@ async def _handle_carrier(
         peer=peer,
     )
     key = (route.name, start.call_id, start.stream_id)
-    existing = daemon.resumable.get(key)
-    if daemon.cluster is not None and await _clusterglue.carrier_connected(
-        daemon, route, request, ws, start, existing is not None
+    existing = admission.resumable_stream(key)
+    if admission.clustered and await admission.cluster_carrier_connected(
+        route, request, ws, start, existing is not None
     ):  # cluster hook: the stream lives (or died) in another process
         return
     if existing is not None and existing.resume_call(leg):
@@ -447,40 +430,37 @@ async def _handle_carrier(
         )
     else:
         try:
-            stream = daemon.start_stream(leg, route, LISTENER)
+            stream = admission.start_stream(leg, route, LISTENER)
         except StreamRefused as exc:
-            daemon.refused(LISTENER, exc.reason, peer, call_id=start.call_id)
+            admission.refused(LISTENER, exc.reason, peer, call_id=start.call_id)
             await ws.close(1013, exc.reason)
             return
-        daemon.resumable[key] = stream
-        daemon.resumable_keys[stream.stream_id] = key
-        if daemon.cluster is not None:  # cluster hook: register the resume key
-            daemon.cluster.set_resume(stream.stream_id, *key)
+        admission.register_resumable(key, stream)  # (cluster mode: in the registry too)
     # The connection lives in this handler's task: hold it until the stream is done
     # with the leg (closed, or replaced after a drop).
     await leg.released.wait()
 
 
-async def _handle_app(daemon: Daemon, request: WebSocketRequest) -> None:
-    peer = _origin(daemon, request).label
+async def _handle_app(admission: CallAdmission, request: WebSocketRequest) -> None:
+    peer = _origin(admission, request).label
     stream_id = request.path[len(MEDIA_PREFIX) : -len(MEDIA_SUFFIX)]
-    slot = daemon.accept_slots.get(stream_id)
+    slot = admission.accept_slot(stream_id)
     if (
         slot is None
-        and daemon.cluster is not None
-        and await _clusterglue.app_connecting(daemon, request, stream_id)
+        and admission.clustered
+        and await admission.cluster_app_connecting(request, stream_id)
     ):  # cluster hook: the stream lives in another process
         return
     if slot is None:
-        known = daemon.manager.get(stream_id) is not None
-        daemon.refused(LISTENER, "unknown_stream", f"{peer} {request.path}")
+        known = admission.stream_live(stream_id)
+        admission.refused(LISTENER, "unknown_stream", f"{peer} {request.path}")
         status, error = (409, "not_waiting") if known else (404, "not_found")
         await request.reject(status, _json({"error": error, "stream_id": stream_id}))
         return
     token = slot.route.app.token
     # Bytes, not str: a non-ASCII ?token= is a 401 like any other wrong token.
     if not token or not matches(request.query.get("token", ""), token):
-        daemon.auth_failed(LISTENER, slot.route.name, "bad_token", peer, request.path)
+        admission.auth_failed(LISTENER, slot.route.name, "bad_token", peer, request.path)
         await request.reject(
             401, _json({"error": "unauthorized"}), [("WWW-Authenticate", "Bearer")]
         )
@@ -495,8 +475,8 @@ async def _handle_app(daemon: Daemon, request: WebSocketRequest) -> None:
 
 
 def accept_connector(
-    daemon: Daemon, route: RouteConfig, scfg: StreamConfig, stream_id: str
+    admission: CallAdmission, route: RouteConfig, scfg: StreamConfig, stream_id: str
 ) -> AcceptConnector:
     return AcceptConnector(
-        daemon, route, stream_id, scfg.accept_timeout_s, round(scfg.ptime_s * 1000)
+        admission, route, stream_id, scfg.accept_timeout_s, round(scfg.ptime_s * 1000)
     )

@@ -8,13 +8,17 @@ The daemon calls these from a handful of small hook points (listed in
   ``daemon.cluster``; the admin API gets :func:`admin_backend` (cluster-wide);
 * :func:`stream_started` / ``daemon.cluster.stream_ended``: registrations;
 * :func:`emit`: events with a callback URL go through Redis;
-* :func:`carrier_connected` (``_carrier._handle_carrier``, after the ``start``): a
-  re-dial whose stream lives in another process is carried there; one whose process
-  died ends that stream (DroppedStream, once) and is refused or started anew as the
-  route's ``orphan`` says;
-* :func:`app_connecting` (``_carrier._handle_app``): an app dialling in for a stream of
-  another process is authenticated here with the route's token, then carried there;
+* :func:`carrier_connected` (``_carrier._handle_carrier``, after the ``start``, through
+  ``CallAdmission.cluster_carrier_connected``): a re-dial whose stream lives in another
+  process is carried there; one whose process died ends that stream (DroppedStream,
+  once) and is refused or started anew as the route's ``orphan`` says;
+* :func:`app_connecting` (``_carrier._handle_app``, through
+  ``CallAdmission.cluster_app_connecting``): an app dialling in for a stream of another
+  process is authenticated here with the route's token, then carried there;
 * :func:`adopt`: the owner's side of both.
+
+The listeners never call this module: they have the daemon's ``CallAdmission``
+(``_admission.py``), whose cluster hooks the daemon answers from here.
 """
 
 from __future__ import annotations
@@ -444,7 +448,7 @@ async def _adopt_socket(
 
 
 async def _adopt_app(daemon: Daemon, handoff: _cluster.Handoff, ws: WebSocketConnection) -> None:
-    slot = daemon.accept_slots.get(handoff.stream_id)
+    slot = daemon.accept_slot(handoff.stream_id)
     if slot is None or not slot.waiting or slot.ws is not None:
         await ws.close(1008, "not_waiting" if slot is None else "already_connected")
         return
@@ -496,11 +500,11 @@ async def _adopt_carrier(
         peer=peer,
     )
     key = (route.name, start.call_id, start.stream_id)
-    existing = daemon.resumable.get(key)
+    existing = daemon.resumable_stream(key)
     if existing is not None and not existing.awaiting_call:
         with trio.move_on_after(_RESUME_GRACE_S):
             # The stream has no event for it; a few ms of polling, once per carried re-dial.
-            while not existing.awaiting_call and daemon.resumable.get(key) is existing:  # noqa: ASYNC110
+            while not existing.awaiting_call and daemon.resumable_stream(key) is existing:  # noqa: ASYNC110
                 await trio.sleep(0.005)
     if existing is not None and existing.resume_call(leg):
         logger.info(
@@ -520,8 +524,5 @@ async def _adopt_carrier(
             daemon.refused(LISTENER, exc.reason, peer, call_id=start.call_id)
             await ws.close(1013, exc.reason)
             return
-        daemon.resumable[key] = stream
-        daemon.resumable_keys[stream.stream_id] = key
-        if daemon.cluster is not None:
-            daemon.cluster.set_resume(stream.stream_id, *key)
+        daemon.register_resumable(key, stream)
     await leg.released.wait()

@@ -10,8 +10,10 @@
         ├── poller                   one epoll wake-up reads every ready media socket
         └── streams nursery          one Stream per call
 
-``Daemon`` is also the admin API's backend and every stream's observer (events,
-records, metrics), so the lower layers never import the daemon.
+``Daemon`` is also the admin API's backend (``_admin.AdminBackend``), the listeners'
+``CallAdmission`` (``_admission``: routes, the one admission check, refusals, the resume
+and accept registries, the cluster hooks) and every stream's observer (typed lifecycle
+events, records, metrics), so neither the lower layers nor the listeners import it.
 """
 
 from __future__ import annotations
@@ -23,17 +25,24 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never, cast
 
 import attrs
 import trio
 
 from .._errors import BridgeError, StreamRefused
+from ..dialects import Start
 from ..media import read_wav
 from ..streams import (
     AppConnector,
     CallLeg,
+    DegradedStream,
+    DroppedStream,
     EchoConnector,
+    LifecycleEvent,
+    RecoveredStream,
+    StartStream,
+    StopStream,
     Stream,
     StreamManager,
     StreamSettings,
@@ -43,6 +52,8 @@ from ..streams import (
 from ..streams._wsapp import WsAppConnector
 from ..transports import (
     Poller,
+    WebSocketConnection,
+    WebSocketRequest,
     open_tcp_listener,
     open_tcp_listeners,
     raise_open_files_limit,
@@ -50,6 +61,7 @@ from ..transports import (
 )
 from . import _clusterglue
 from ._admin import admin_limits, bind_admin, create_admin_app, serve_admin
+from ._admission import AcceptSlot, ResumeKey
 from ._config import (
     AppConfig,
     Config,
@@ -59,7 +71,7 @@ from ._config import (
     load_config,
     match_route,
 )
-from ._events import StreamEvent, StreamRecord
+from ._events import HangupReason, StreamEvent, StreamRecord
 from ._listeners import ListenerSupervisor, bind_listener, format_address
 from ._logging import BadPeerLog, configure_logging
 from ._metrics import Metrics
@@ -74,10 +86,6 @@ __all__ = ["EXIT_LOST", "Daemon", "run_daemon"]
 EXIT_LOST = 3
 
 logger = logging.getLogger("bridge.daemon")
-
-
-def _percent(value: float) -> int:
-    return round(value)
 
 
 @attrs.define(slots=True, eq=False)
@@ -98,15 +106,15 @@ class Daemon:
     listening: bool = False
     stopping: bool = False
     ready_event: trio.Event = attrs.field(factory=trio.Event)
-    #: Hooks for the call-leg listeners of later layers (carrier WebSocket, RTP).
+    #: ``POST /v1/streams``: the RTP listener's opener (``_rtp.RtpOpener``) while it runs.
     rtp_opener: Callable[[dict[str, Any]], Any] | None = None
     _hold_cache: dict[str, tuple[bytes, int]] = attrs.field(factory=dict)
     _routes_by_stream: dict[str, RouteConfig] = attrs.field(factory=dict)
     #: Carrier streams by (route, carrier call id, carrier stream id), for re-dial resume.
-    resumable: dict[tuple[str, str, str], Stream] = attrs.field(factory=dict)
-    resumable_keys: dict[str, tuple[str, str, str]] = attrs.field(factory=dict)
+    _resumable: dict[ResumeKey, Stream] = attrs.field(factory=dict)
+    _resumable_keys: dict[str, ResumeKey] = attrs.field(factory=dict)
     #: Accept-mode streams waiting for their app to dial in, by stream id.
-    accept_slots: dict[str, Any] = attrs.field(factory=dict)
+    _accept_slots: dict[str, AcceptSlot] = attrs.field(factory=dict)
     #: The WebSocket listener's TLS context when it serves wss:// (SIGHUP swaps it).
     tls: ServerTls | None = None
     #: This process in the cluster (``bridge.cluster.ClusterNode``) while
@@ -264,23 +272,37 @@ class Daemon:
                 serve_websocket_on,
             )
         if cfg.rtp.ports:
-            from . import _rtp  # noqa: F401  (registers the RTP port-pool hook)
-        for hook in _LISTENER_HOOKS:
-            name = hook.__name__.removeprefix("start_")
+            from ._rtp import open_rtp_opener
 
-            async def serve_hook(
-                listeners: list[trio.SocketListener],
-                *,
-                hook: Callable[[Daemon, trio.Nursery], Any] = hook,
-                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-            ) -> None:
-                async with trio.open_nursery() as hook_nursery:
-                    await hook(self, hook_nursery)
+            # A range without an even port disables RTP (logged by open_rtp_opener).
+            first = open_rtp_opener(self, cfg.rtp)
+            if first is not None:
+                unused = [first]
+
+                async def serve_rtp(
+                    listeners: list[trio.SocketListener],
+                    *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                ) -> None:
+                    # A fresh pool for each restart: a failed one has closed its sockets.
+                    opener = unused.pop() if unused else open_rtp_opener(self, cfg.rtp)
+                    assert opener is not None
+                    self.rtp_opener = opener
                     task_status.started()
+                    await self._serve_rtp(opener)
 
-            address = f"{cfg.rtp.bind} ports {cfg.rtp.ports}" if name == "rtp" else ""
-            supervisor = self._supervisor(name, address, serve_hook, [])
-            await nursery.start(supervisor.run)
+                address = f"{cfg.rtp.bind} ports {cfg.rtp.ports}"
+                supervisor = self._supervisor("rtp", address, serve_rtp, [])
+                await nursery.start(supervisor.run)
+
+    async def _serve_rtp(self, opener: Any) -> None:
+        """Hold the RTP port pool; on the way out ``POST /v1/streams`` is refused
+        (``rtp_disabled``) before the pool closes."""
+        try:
+            await opener.serve()
+        finally:
+            if self.rtp_opener is opener:
+                self.rtp_opener = None
 
     def _supervisor(
         self,
@@ -460,6 +482,13 @@ class Daemon:
     ) -> RouteConfig | None:
         return match_route(self.config, listener, path, headers, query)
 
+    def check_admission(self) -> None:
+        """The one admission check (``CallAdmission``): draining, then the stream
+        manager's (``max_streams``, the streams nursery running). Raises StreamRefused."""
+        if self.stopping:
+            raise StreamRefused("draining", "bridge is draining; new calls are refused")
+        self.manager.check_admission()
+
     def stream_settings(self, route: RouteConfig) -> tuple[StreamSettings, StreamConfig]:
         scfg = self.config.route_stream(route)
         hold_pcm, hold_rate = b"", 8000
@@ -504,9 +533,7 @@ class Daemon:
         self, call: CallLeg, route: RouteConfig, listener: str, stream_id: str | None = None
     ) -> Stream:
         """Admit and start a stream for ``call`` on ``route``. Raises ``StreamRefused``."""
-        if self.stopping:
-            raise StreamRefused("draining", "bridge is draining; new calls are refused")
-        self.manager.check_admission()
+        self.check_admission()
         stream_id = stream_id or str(uuid.uuid4())
         settings, scfg = self.stream_settings(route)
         stream = Stream(
@@ -537,6 +564,9 @@ class Daemon:
         )
         return stream
 
+    def stream_live(self, stream_id: str) -> bool:
+        return self.manager.get(stream_id) is not None
+
     def refused(self, listener: str, reason: str, peer: str, *, call_id: str = "") -> None:
         self.metrics.stream_refused(listener, reason)
         extra = {"listener": listener, "reason": reason, "peer": peer, "call_id": call_id}
@@ -558,6 +588,10 @@ class Daemon:
             message,
             extra={"leg": leg, "kind": kind, "peer": peer},
         )
+
+    def bad_input_counter(self, leg: str, kind: str) -> Callable[[], None]:
+        """Bad input counted per packet (malformed RTP); the leg logs it once itself."""
+        return self.metrics.bad_input.labels(leg=leg, kind=kind).inc
 
     def admission_refused(self, listener: str, reason: str, peer: str) -> None:
         """A connection closed at accept: over a pending limit (per peer or in all)."""
@@ -586,6 +620,44 @@ class Daemon:
             extra={"listener": listener, "reason": reason, "peer": peer, "route": route},
         )
 
+    # -- CallAdmission: re-dials, accept mode, cluster hooks ------------------------------
+
+    def resumable_stream(self, key: ResumeKey) -> Stream | None:
+        return self._resumable.get(key)
+
+    def register_resumable(self, key: ResumeKey, stream: Stream) -> None:
+        self._resumable[key] = stream
+        self._resumable_keys[stream.stream_id] = key
+        if self.cluster is not None:  # cluster hook: register the resume key
+            self.cluster.set_resume(stream.stream_id, *key)
+
+    def accept_slot(self, stream_id: str) -> AcceptSlot | None:
+        return self._accept_slots.get(stream_id)
+
+    def open_accept_slot(self, stream_id: str, slot: AcceptSlot) -> None:
+        self._accept_slots[stream_id] = slot
+
+    def close_accept_slot(self, stream_id: str, slot: AcceptSlot) -> None:
+        if self._accept_slots.get(stream_id) is slot:
+            del self._accept_slots[stream_id]
+
+    @property
+    def clustered(self) -> bool:
+        return self.cluster is not None
+
+    async def cluster_carrier_connected(
+        self,
+        route: RouteConfig,
+        request: WebSocketRequest,
+        ws: WebSocketConnection,
+        start: Start,
+        local: bool,
+    ) -> bool:
+        return await _clusterglue.carrier_connected(self, route, request, ws, start, local)
+
+    async def cluster_app_connecting(self, request: WebSocketRequest, stream_id: str) -> bool:
+        return await _clusterglue.app_connecting(self, request, stream_id)
+
     # -- StreamObserver ----------------------------------------------------------------
 
     def _event_source(self, stream: Stream) -> tuple[str, str]:
@@ -594,7 +666,8 @@ class Daemon:
             return "", ""
         return route.callback.url, route.callback.secret
 
-    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None:
+    def stream_event(self, stream: Stream, event: LifecycleEvent) -> None:
+        """A stream's lifecycle event -> its status callback (``StreamEvent``), by type."""
         url, secret = self._event_source(stream)
         common: dict[str, Any] = {
             "stream_id": stream.stream_id,
@@ -604,36 +677,40 @@ class Daemon:
             "callback_url": url,
             "callback_secret": secret,
         }
-        if event == "StartStream":
-            ev = StreamEvent.start(**common)
-            self.metrics.observe_setup(
-                "app_connected", time.monotonic() - stream.created_monotonic
-            )
-        elif event == "StopStream":
-            ev = StreamEvent.stop(
-                **common, reason=fields["reason"], duration_s=fields["duration_s"]
-            )
-        elif event == "DroppedStream":
-            ev = StreamEvent.dropped(
-                **common,
-                reason=fields["reason"],
-                error=fields.get("error"),
-                attempts=fields.get("attempts"),
-                duration_s=fields["duration_s"],
-            )
-        elif event == "DegradedStream":
-            ev = StreamEvent.degraded(**common, buffer_percent=_percent(fields["buffer_percent"]))
-        elif event == "RecoveredStream":
-            ev = StreamEvent.recovered(**common)
-        else:
-            return
+        match event:
+            case StartStream():
+                ev = StreamEvent.start(**common)
+                self.metrics.observe_setup(
+                    "app_connected", time.monotonic() - stream.created_monotonic
+                )
+            case StopStream():
+                # (StreamEvent checks the reason against REASONS.) The callback has no
+                # error for a normal stop; the record keeps it.
+                reason = cast(HangupReason, event.reason)
+                ev = StreamEvent.stop(**common, reason=reason, duration_s=event.duration_s)
+            case DroppedStream():
+                ev = StreamEvent.dropped(
+                    **common,
+                    reason=cast(HangupReason, event.reason),
+                    error=event.error,
+                    attempts=event.attempts,
+                    duration_s=event.duration_s,
+                )
+            case DegradedStream():
+                ev = StreamEvent.degraded(**common, buffer_percent=event.buffer_percent)
+            case RecoveredStream():
+                ev = StreamEvent.recovered(**common)
+            case _:
+                assert_never(event)
         if self.cluster is not None and ev.callback_url:  # cluster hook: events via Redis
             _clusterglue.emit(self, ev)
         elif self.store is not None:
             self.store.emit(ev)
-        if event in ("DroppedStream", "DegradedStream"):
+        if isinstance(event, DroppedStream | DegradedStream):
             logger.warning(
-                "%s", event, extra={"stream_id": stream.stream_id, "route": stream.route, **fields}
+                "%s",
+                event.name,
+                extra={"stream_id": stream.stream_id, "route": stream.route, **event.detail()},
             )
 
     def stream_state(self, stream: Stream, state: StreamState) -> None:
@@ -660,9 +737,9 @@ class Daemon:
 
     def stream_closed(self, stream: Stream) -> None:
         route = self._routes_by_stream.pop(stream.stream_id, None)
-        key = self.resumable_keys.pop(stream.stream_id, None)
+        key = self._resumable_keys.pop(stream.stream_id, None)
         if key is not None:
-            self.resumable.pop(key, None)
+            self._resumable.pop(key, None)
         if self.cluster is not None:  # cluster hook: unregister the stream
             self.cluster.stream_ended(stream.stream_id)
         reason = stream.reason or "shutdown"
@@ -843,10 +920,6 @@ def _merge_reload(old: Config, new: Config, *, tls: bool = False) -> Config:
         old, routes=new.routes, stream=new.stream, daemon=new.daemon, websocket=websocket
     )
 
-
-#: Listener starters of later layers: async fn(daemon, nursery) that bind, register in
-#: ``daemon.bound`` and start serving. Registered by their modules at import.
-_LISTENER_HOOKS: list[Callable[[Daemon, trio.Nursery], Any]] = []
 
 #: App connector factories by ``app.mode``: fn(daemon, route, stream_config, stream_id).
 _CONNECTOR_FACTORIES: dict[str, Callable[[Daemon, RouteConfig, StreamConfig, str], AppConnector]] = {}

@@ -8,14 +8,16 @@ else to wherever the media comes from (symmetric RTP, RFC 4961). ``DELETE
 media (``call_hangup``). Either way the stream's end closes the leg, which gives the
 port back to the pool.
 
-Importing this module registers :func:`start_rtp` in the daemon's listener hooks.
+The daemon makes the :class:`RtpOpener` (:func:`open_rtp_opener`), runs its ``serve`` (it
+holds the pool) and hands ``POST /v1/streams`` to it. The opener admits calls through
+the daemon's ``CallAdmission``, as the other listeners do.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -24,13 +26,10 @@ from .._errors import StreamRefused, TransportError
 from ..dialects._rtp import RtpSession
 from ..streams._rtpleg import RtpCallLeg, format_address
 from ..transports import UdpPortPool, parse_host_port
+from ._admission import CallAdmission
 from ._config import RouteConfig, RtpConfig
-from ._daemon import _LISTENER_HOOKS
 
-if TYPE_CHECKING:
-    from ._daemon import Daemon
-
-__all__ = ["LISTENER", "RtpOpener", "parse_remote", "start_rtp"]
+__all__ = ["LISTENER", "RtpOpener", "open_rtp_opener", "parse_remote", "rtp_opener_of"]
 
 logger = logging.getLogger("bridge.daemon.rtp")
 
@@ -51,7 +50,7 @@ def parse_remote(value: str) -> tuple[str, int]:
 class RtpOpener:
     """``daemon.rtp_opener``: opens RTP streams on ports of ``pool``."""
 
-    daemon: Daemon
+    admission: CallAdmission
     config: RtpConfig
     pool: UdpPortPool
     #: Live legs by port (shut down with the pool).
@@ -64,14 +63,12 @@ class RtpOpener:
     async def open_stream(self, request: dict[str, Any]) -> dict[str, Any]:
         """Open one stream. ValueError (-> 400) for a bad request, StreamRefused (-> 503)
         when bridge cannot take it now."""
-        daemon = self.daemon
+        admission = self.admission
         call_id, route, codec, rate, ptime, remote = self._validate(request)
         peer = request.get("remote") or "admin-api"
         try:
-            if daemon.stopping:
-                raise StreamRefused("draining", "bridge is draining; new calls are refused")
             # Admission before a port: a refused call must not cost a bind.
-            daemon.manager.check_admission()
+            admission.check_admission()
             try:
                 sock, port = await self.pool.allocate()
             except TransportError as exc:
@@ -79,13 +76,14 @@ class RtpOpener:
             except OSError as exc:
                 raise StreamRefused("rtp_bind_failed", f"cannot bind an RTP port: {exc}") from None
         except StreamRefused as exc:
-            daemon.refused(LISTENER, exc.reason, peer, call_id=call_id)
+            admission.refused(LISTENER, exc.reason, peer, call_id=call_id)
             raise
         stream_id = str(uuid.uuid4())
         try:
-            settings, _ = daemon.stream_settings(route)
+            # The leg's frames are the stream's ptime (the route's [stream] ptime).
+            tick_ms = round(admission.config.route_stream(route).ptime_s * 1000)
             cfg = self.config
-            metric = daemon.metrics.bad_input.labels(leg=LISTENER, kind="malformed_rtp")
+            count_malformed = admission.bad_input_counter(LISTENER, "malformed_rtp")
             leg = RtpCallLeg(
                 sock=sock,
                 session=RtpSession(codec, rate, ptime_ms=ptime),
@@ -95,9 +93,9 @@ class RtpOpener:
                 timeout_s=cfg.timeout_s,
                 jitter_start_ms=round(cfg.jitter_start_s * 1000),
                 jitter_max_ms=round(cfg.jitter_max_s * 1000),
-                tick_ms=settings.ptime_ms,
+                tick_ms=tick_ms,
                 on_release=lambda: self._release(port),
-                on_bad_input=metric.inc,
+                on_bad_input=count_malformed,
                 stream_id=stream_id,
             )
         except BaseException:
@@ -105,10 +103,10 @@ class RtpOpener:
             raise
         self.legs[port] = leg
         try:
-            daemon.start_stream(leg, route, LISTENER, stream_id=stream_id)
+            admission.start_stream(leg, route, LISTENER, stream_id=stream_id)
         except StreamRefused as exc:
             leg.close_now()
-            daemon.refused(LISTENER, exc.reason, peer, call_id=call_id)
+            admission.refused(LISTENER, exc.reason, peer, call_id=call_id)
             raise
         except BaseException:
             leg.close_now()
@@ -146,7 +144,7 @@ class RtpOpener:
         name = request.get("route")
         if not isinstance(name, str) or not name:
             raise ValueError('route is required (the name of a route with listener = "rtp")')
-        route = next((r for r in self.daemon.config.routes if r.name == name), None)
+        route = self.admission.config.route_by_name(name)
         if route is None:
             raise ValueError(f"unknown route {name!r}")
         if route.match.listener != LISTENER:
@@ -192,38 +190,30 @@ class RtpOpener:
         try:
             await trio.sleep_forever()
         finally:
-            daemon = self.daemon
-            if rtp_opener_of(daemon) is self:
-                daemon.rtp_opener = None
             for leg in list(self.legs.values()):
                 leg.close_now()
             self.legs.clear()
             self.pool.close()
 
 
-async def start_rtp(daemon: Daemon, nursery: trio.Nursery) -> None:
-    """Listener hook: create the port pool from ``[rtp]`` and answer ``POST /v1/streams``."""
-    cfg = daemon.config.rtp
+def open_rtp_opener(admission: CallAdmission, cfg: RtpConfig) -> RtpOpener | None:
+    """The opener of ``[rtp]``'s port pool (run its ``serve``), or None when the range
+    holds no usable port (logged: RTP streams are disabled)."""
     first, last = cfg.ports_range
     # RTP on even ports only, the odd one above each left for the peer's RTCP (RFC 3550
     # §11): a peer that sends RTCP to port + 1 must not land on another call's RTP port.
     first += first & 1
     if first > last:
         logger.error("[rtp] ports %s holds no even port: RTP streams are disabled", cfg.ports)
-        return
-    opener = RtpOpener(daemon, cfg, UdpPortPool(cfg.bind, first, last, step=2))
-    daemon.rtp_opener = opener
-    nursery.start_soon(opener.serve, name="rtp port pool")
+        return None
+    opener = RtpOpener(admission, cfg, UdpPortPool(cfg.bind, first, last, step=2))
     logger.info(
         "RTP ports %s %d-%d (even ports: %d streams)", cfg.bind, first, last, opener.pool.size
     )
+    return opener
 
 
-def rtp_opener_of(daemon: Daemon) -> RtpOpener | None:
-    """The daemon's RtpOpener (tests and metrics read ``pool.in_use`` through it)."""
-    opener = daemon.rtp_opener
+def rtp_opener_of(daemon: object) -> RtpOpener | None:
+    """The daemon's RtpOpener while it runs (tests read ``pool.in_use`` through it)."""
+    opener = getattr(daemon, "rtp_opener", None)
     return opener if isinstance(opener, RtpOpener) else None
-
-
-if start_rtp not in _LISTENER_HOOKS:
-    _LISTENER_HOOKS.append(start_rtp)

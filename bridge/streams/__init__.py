@@ -1,10 +1,25 @@
-"""Streams: the per-call nursery, its lifecycle and policies, and the process-wide ticker."""
+"""Streams: the per-call nursery, its lifecycle and policies, and the process-wide ticker.
+
+A stream reports to its ``StreamObserver`` (the daemon) with typed lifecycle events
+(:class:`StartStream`, :class:`StopStream`, :class:`DroppedStream`,
+:class:`DegradedStream`, :class:`RecoveredStream`).
+"""
 
 from ._echo import ECHO_URL, EchoConnection, EchoConnector
 from ._legs import AppConnection, AppConnector, CallLeg, Pipe, StreamSink
+from ._lifecycle import (
+    DegradedStream,
+    DroppedStream,
+    LifecycleEvent,
+    RecoveredStream,
+    StartStream,
+    StopStream,
+    StreamState,
+)
 from ._manager import StreamManager
 from ._pipelegs import Dialect, PipeAppConnection, PipeCallLeg
-from ._stream import Stream, StreamObserver, StreamSettings, StreamState
+from ._stream import Stream, StreamObserver, StreamSettings
+from ._supervisor import AppSupervisor, RetryPolicy
 from ._ticker import TickClient, Ticker, TickHandle
 from ._uplink import UplinkBuffer
 
@@ -12,13 +27,21 @@ __all__ = [
     "ECHO_URL",
     "AppConnection",
     "AppConnector",
+    "AppSupervisor",
     "CallLeg",
+    "DegradedStream",
     "Dialect",
+    "DroppedStream",
     "EchoConnection",
     "EchoConnector",
+    "LifecycleEvent",
     "Pipe",
     "PipeAppConnection",
     "PipeCallLeg",
+    "RecoveredStream",
+    "RetryPolicy",
+    "StartStream",
+    "StopStream",
     "Stream",
     "StreamManager",
     "StreamObserver",

@@ -4,9 +4,14 @@ RTP has no connection and no start or stop message (PROTOCOLS.md §7): the strea
 opened out of band (``POST /v1/streams``) and ends when the media stops
 (``rtp_timeout``), when the API deletes it, or when the app hangs up.
 
+The socket I/O is the transport's (``transports.DatagramSocket``: the batched
+non-blocking receive loop, ``sendto`` that drops on EAGAIN, the counters of both); this
+module is what RTP makes of the datagrams: latching, the session, the jitter buffer.
+
 Receive path (the reader task, one per stream)::
 
-    wait_readable -> recvfrom (a batch, non-blocking) -> latching -> RtpSession.receive
+    DatagramSocket.serve_reader (wait_readable, then a batch of non-blocking recvfrom)
+        -> _on_datagram: latching -> RtpSession.receive
         -> Audio: JitterBuffer.push, then every frame it has ready -> sink (at once when
                   in order; a gap holds what follows for the buffer's adaptive wait)
         -> Dtmf:  sink.on_call_event(Dtmf)   (at once: RFC 4733 reports it at its end)
@@ -18,7 +23,7 @@ gets every packet exactly once and concealment only where a packet was really lo
 
 Send path (the shared ticker, no task): ``poll`` pops one frame from the jitter buffer
 for the app, then the Stream calls ``send_audio`` with the frame for the caller, which
-goes out with a synchronous non-blocking ``sendto`` on the stdlib socket (a Trio
+goes out with ``DatagramSocket.send``: one synchronous non-blocking ``sendto`` (a Trio
 ``send`` costs two checkpoints, PERFORMANCE.md). A full send buffer (EAGAIN) drops the
 packet and counts it: RTP is real-time, a late packet is worth nothing (RFC 3550 §2.1).
 
@@ -53,7 +58,6 @@ garbage; only the absence of accepted media for ``timeout_s`` does (``call_hangu
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import socket as stdlib_socket
 import struct
@@ -67,7 +71,7 @@ from .._errors import DialectError
 from ..dialects import Audio, Dtmf, Event
 from ..dialects._rtp import RtpSession
 from ..media import Frame, JitterBuffer
-from ..transports import format_peer
+from ..transports import Address, DatagramSocket, format_peer
 from ._legs import StreamSink
 
 __all__ = ["RELATCH_SILENCE_S", "RtpCallLeg", "format_address"]
@@ -78,15 +82,21 @@ logger = logging.getLogger("bridge.streams.rtp")
 #: (long enough to ride out a burst of loss, short enough that a NAT rebinding or a
 #: moved media server gets the call back before anyone hangs up).
 RELATCH_SILENCE_S: Final = 1.0
-#: Receive buffer per datagram: L16 at 48 kHz, 60 ms is 5,760 bytes plus the header.
-MAX_DATAGRAM: Final = 8192
-#: Datagrams read per wake-up before yielding (a flood must not starve other tasks).
-READ_BATCH: Final = 64
-
 # seq (bytes 2-3) and SSRC (bytes 8-11) of the fixed header (RFC 3550 §5.1).
 _PEEK: Final = struct.Struct("!2xH4xI")
 
-Address = tuple[Any, ...]
+
+class _NoSink:
+    """The sink before ``serve_reader`` runs (datagrams are only read by it: unused)."""
+
+    def on_call_event(self, event: Event) -> None:
+        pass
+
+    def on_app_event(self, event: Event) -> None:
+        pass
+
+
+_NO_SINK: Final = _NoSink()
 
 
 def format_address(addr: Address | None) -> str | None:
@@ -96,29 +106,14 @@ def format_address(addr: Address | None) -> str | None:
     return format_peer((str(addr[0]), int(addr[1])))
 
 
-def _take_socket(sock: trio.socket.SocketType | stdlib_socket.socket) -> stdlib_socket.socket:
-    """The bound socket as a non-blocking stdlib socket that alone owns the descriptor.
-
-    A Trio socket is detached (it becomes an empty shell whose ``close`` does nothing;
-    ``UdpPortPool.release`` may still call it). The per-packet paths use the stdlib
-    object's synchronous ``sendto``/``recvfrom``: a Trio ``send`` costs two checkpoints
-    (PERFORMANCE.md), and one owner means no double close of a reused descriptor number.
-    """
-    if isinstance(sock, stdlib_socket.socket):
-        owned = sock
-    else:
-        owned = stdlib_socket.socket(fileno=sock.detach())
-    owned.setblocking(False)
-    return owned
-
-
 @attrs.define(slots=True, eq=False, on_setattr=attrs.setters.NO_OP)
 class RtpCallLeg:
     """A ``CallLeg`` on a bound UDP socket speaking RTP with RFC 4733 DTMF.
 
     ``sock`` is bound (``UdpPortPool.allocate``, or a stdlib socket); the leg takes it
-    over (a Trio socket is detached) and closes it in ``aclose``, then calls
-    ``on_release`` once (``lambda: pool.release(port)`` frees the port).
+    over (``transports.DatagramSocket.take``: a Trio socket is detached, one owner means
+    no double close of a reused descriptor number) and closes it in ``aclose``, then
+    calls ``on_release`` once (``lambda: pool.release(port)`` frees the port).
     ``on_bad_input`` is called for every datagram that is not RTP (the daemon's
     metric). ``tick_ms`` is the stream's ptime (the size of the frames ``poll`` delivers
     and ``send_audio`` gets); packets on the wire carry ``session.ptime_ms`` each, and
@@ -155,21 +150,15 @@ class RtpCallLeg:
     ssrc_changes: int = attrs.field(default=0, init=False)
     packets_received: int = attrs.field(default=0, init=False)
     """Datagrams accepted from the latched source (audio, DTMF, RTCP, others)."""
-    packets_sent: int = attrs.field(default=0, init=False)
-    send_no_destination: int = attrs.field(default=0, init=False)
-    """Packets dropped because no remote was given and nothing was latched yet."""
-    send_dropped: int = attrs.field(default=0, init=False)
-    """Packets dropped because the kernel's send buffer was full (EAGAIN)."""
-    send_errors: int = attrs.field(default=0, init=False)
     dtmf_received: int = attrs.field(default=0, init=False)
     dtmf_sent: int = attrs.field(default=0, init=False)
 
     # -- internals -------------------------------------------------------------------------
-    _sys: stdlib_socket.socket | None = attrs.field(default=None, init=False)
+    _io: DatagramSocket = attrs.field(init=False)
+    #: The sink of the running ``serve_reader`` (where ``_on_datagram`` delivers).
+    _sink: StreamSink = attrs.field(factory=lambda: _NO_SINK, init=False)
     _jb: JitterBuffer = attrs.field(init=False)
     _rate: int = attrs.field(init=False)
-    _local: Address = attrs.field(init=False)
-    _dest: Address | None = attrs.field(default=None, init=False)
     _src: Address | None = attrs.field(default=None, init=False)
     _src_ssrc: int = attrs.field(default=-1, init=False)
     _last_media: float = attrs.field(default=0.0, init=False)
@@ -205,9 +194,9 @@ class RtpCallLeg:
             max_depth_ms=self.jitter_max_ms,
         )
         self._wire_bytes = 2 * (self._rate * session.ptime_ms // 1000)
-        self._sys = _take_socket(self.sock)
-        self._local = self._sys.getsockname()
-        self._dest = self.remote
+        self._io = DatagramSocket.take(
+            self.sock, destination=self.remote, on_error=self._on_socket_error
+        )
 
     # ==================================================================================
     # CallLeg: identity
@@ -223,7 +212,7 @@ class RtpCallLeg:
 
     @property
     def local_address(self) -> Address:
-        return self._local
+        return self._io.local_address
 
     @property
     def latched(self) -> Address | None:
@@ -233,7 +222,7 @@ class RtpCallLeg:
     @property
     def destination(self) -> Address | None:
         """Where packets go: ``remote`` if given, else the latched source."""
-        return self._dest
+        return self._io.destination
 
     @property
     def closed(self) -> bool:
@@ -242,7 +231,27 @@ class RtpCallLeg:
     @property
     def socket(self) -> stdlib_socket.socket | None:
         """The leg's UDP socket until ``aclose`` (then None; the object is closed)."""
-        return self._sys
+        return self._io.socket
+
+    # -- send counters: the transport's ---------------------------------------------------
+
+    @property
+    def packets_sent(self) -> int:
+        return self._io.sent
+
+    @property
+    def send_no_destination(self) -> int:
+        """Packets dropped because no remote was given and nothing was latched yet."""
+        return self._io.no_destination
+
+    @property
+    def send_dropped(self) -> int:
+        """Packets dropped because the kernel's send buffer was full (EAGAIN)."""
+        return self._io.dropped
+
+    @property
+    def send_errors(self) -> int:
+        return self._io.errors
 
     @property
     def jitter_buffer(self) -> JitterBuffer:
@@ -261,8 +270,8 @@ class RtpCallLeg:
             "sample_rate": s.sample_rate,
             "ptime": s.ptime_ms,
             "payload_type": s.payload_type,
-            "local": format_address(self._local),
-            "remote": format_address(self._dest),
+            "local": format_address(self._io.local_address),
+            "remote": format_address(self._io.destination),
         }
 
     def jitter_counters(self) -> dict[str, int]:
@@ -313,10 +322,13 @@ class RtpCallLeg:
         """
         timeout = self.timeout_s
         self._last_media = trio.current_time()
+        # The socket's loop calls _on_datagram for each datagram; it delivers to ``sink``.
+        self._sink = sink
+        serve, on_datagram = self._io.serve_reader, self._on_datagram
         while True:
             try:
                 with trio.move_on_at(self._last_media + timeout):
-                    await self._read_forever(sink)
+                    await serve(on_datagram)
             except trio.ClosedResourceError:
                 # Closed under us (the daemon shutting the pool down): the call is gone.
                 return "call_hangup"
@@ -328,31 +340,18 @@ class RtpCallLeg:
                 )
                 return "call_hangup"
 
-    async def _read_forever(self, sink: StreamSink) -> None:
-        sock = self._sys
-        if sock is None:
-            await trio.lowlevel.checkpoint()
-            raise trio.ClosedResourceError("the RTP leg is closed")
-        recvfrom = sock.recvfrom
-        wait_readable = trio.lowlevel.wait_readable
-        on_datagram = self._on_datagram
-        while True:
-            # Wait first, then drain: no failed speculative recv per packet (PERFORMANCE.md).
-            await wait_readable(sock)
-            now = trio.current_time()
-            for _ in range(READ_BATCH):
-                try:
-                    data, addr = recvfrom(MAX_DATAGRAM)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    # E.g. ECONNREFUSED from an ICMP error for an earlier send: it is
-                    # reported once, the socket stays usable.
-                    self._log_once("recv", "RTP receive error ignored: %s", exc)
-                    break
-                on_datagram(data, addr, now, sink)
+    def _on_socket_error(self, op: str, exc: OSError) -> None:
+        # Reported once each; the socket stays usable (an ICMP error for an earlier send
+        # surfacing on a receive, a send with no route).
+        if op == "send":
+            dest = format_address(self._io.destination)
+            self._log_once("send", "RTP send to %s failed: %s", dest, exc)
+        else:
+            self._log_once("recv", "RTP receive error ignored: %s", exc)
 
-    def _on_datagram(self, data: bytes, addr: Address, now: float, sink: StreamSink) -> None:
+    def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """One datagram from the socket (``DatagramSocket.serve_reader`` calls it)."""
+        sink = self._sink
         if len(data) >= 12 and data[0] >> 6 == 2 and not 192 <= data[1] <= 223:
             seq, ssrc = _PEEK.unpack_from(data)
             if addr == self._src:
@@ -421,7 +420,7 @@ class RtpCallLeg:
         self._cand = None
         self._cand_count = 0
         if self.remote is None:
-            self._dest = addr  # symmetric RTP: answer where the media comes from
+            self._io.destination = addr  # symmetric RTP: answer where the media comes from
         what = f"re-latched from {format_address(previous)} to" if previous else "latched to"
         logger.info(
             "RTP %s %s (ssrc %08x)",
@@ -489,36 +488,15 @@ class RtpCallLeg:
             train = trains[0]
             pos = self._train_pos
             if len(train) - pos > 3:
-                self._sendto(train[pos])
+                self._io.send(train[pos])
                 self._train_pos = pos + 1
                 return
             for packet in train[pos:]:
-                self._sendto(packet)
+                self._io.send(packet)
             trains.popleft()
             self._train_pos = 0
             # A queued next digit starts in this slot: its timestamp is this slot's.
-        self._sendto(self.session.send_audio(pcm))
-
-    def _sendto(self, packet: bytes) -> None:
-        dest = self._dest
-        if dest is None:
-            self.send_no_destination += 1
-            return
-        sock = self._sys
-        if sock is None:
-            return
-        try:
-            sock.sendto(packet, dest)
-        except BlockingIOError:
-            self.send_dropped += 1  # never wait on the per-frame path: drop and count
-            return
-        except OSError as exc:
-            # ICMP errors surfacing (ECONNREFUSED), no route: RTP carries on regardless.
-            self.send_errors += 1
-            if exc.errno not in (errno.ECONNREFUSED,):
-                self._log_once("send", "RTP send to %s failed: %s", format_address(dest), exc)
-            return
-        self.packets_sent += 1
+        self._io.send(self.session.send_audio(pcm))
 
     def send_event(self, event: Event) -> bool:
         """DTMF goes out as an RFC 4733 train paced by ``send_audio``; nothing else can be
@@ -559,11 +537,8 @@ class RtpCallLeg:
         if self._released:
             return
         self._released = True
-        sock, self._sys = self._sys, None
-        if sock is not None:
-            # Wake a reader still blocked on it (ClosedResourceError, it returns), then close.
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
+        # A reader still blocked on the socket wakes (ClosedResourceError) and returns.
+        self._io.close()
         if self.on_release is not None:
             self.on_release()
 

@@ -10,6 +10,11 @@ supervisor (ARCHITECTURE.md, "The nursery tree")::
             ├── app reader            app leg -> decode -> playout buffer, marks, clear
             └── app writer            uplink buffer -> app leg (replay, backpressure)
 
+The stream is the wiring and the per-frame paths; its policies are their own modules:
+the playout timing (``media.PlayoutPolicy``, pure), the uplink buffer (``_uplink``), the
+reconnect supervisor and its ``RetryPolicy`` (``_supervisor``), and the lifecycle it
+reports to its observer as typed events (``_lifecycle``).
+
 The per-frame paths never hand a frame to another task:
 
 * call -> app: the call reader decodes, resamples and sends to the app leg with a
@@ -27,7 +32,6 @@ dialect's stop to the app, close both legs, emit the final event, write the reco
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import time
@@ -48,7 +52,6 @@ from ..dialects import (
     Event,
     Hangup,
     Mark,
-    Start,
     Stats,
     StatsRequest,
     Stop,
@@ -63,6 +66,15 @@ from ..media import (
     frame_bytes,
 )
 from ._legs import AppConnection, AppConnector, CallLeg
+from ._lifecycle import (
+    DegradedStream,
+    DroppedStream,
+    LifecycleEvent,
+    RecoveredStream,
+    StopStream,
+    StreamState,
+)
+from ._supervisor import AppSupervisor, RetryPolicy
 from ._ticker import Ticker, TickHandle
 from ._uplink import UplinkBuffer
 
@@ -79,14 +91,6 @@ CLOSE_BUDGET_S = 3.0
 #: If the app sends no audio, the grid starts anyway (silence or hold to the caller)
 #: this long after the stream started; the app's first audio starts it earlier.
 START_GRID_AFTER_S = 0.1
-
-
-class StreamState(enum.StrEnum):
-    CONNECTING = "connecting"
-    OPEN = "open"
-    STREAMING = "streaming"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 @attrs.frozen(slots=True)
@@ -116,7 +120,9 @@ class StreamSettings:
 class StreamObserver(Protocol):
     """The daemon side: events, records, metrics. Every call is synchronous and cheap."""
 
-    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None: ...
+    def stream_event(self, stream: Stream, event: LifecycleEvent) -> None:
+        """A lifecycle event (``_lifecycle``): the stream has already logged it."""
+        ...
 
     def stream_state(self, stream: Stream, state: StreamState) -> None: ...
 
@@ -129,7 +135,7 @@ class StreamObserver(Protocol):
 
 
 class _NullObserver:
-    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None:
+    def stream_event(self, stream: Stream, event: LifecycleEvent) -> None:
         pass
 
     def stream_state(self, stream: Stream, state: StreamState) -> None:
@@ -199,7 +205,6 @@ class Stream:
     # -- internals ---------------------------------------------------------------------
     _cancel: trio.CancelScope | None = None
     _app: AppConnection | None = None
-    _app_ever_up: bool = False
     _uplink: UplinkBuffer = attrs.field(init=False)
     _policy: PlayoutPolicy = attrs.field(init=False)
     _tick: TickHandle | None = None
@@ -361,7 +366,9 @@ class Stream:
                 if self.reason is not None:  # ended before it started
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(self._serve_call)
-                nursery.start_soon(self._supervise)
+                s = self.settings
+                supervisor = AppSupervisor(self, RetryPolicy(s.retries, s.backoff_s))
+                nursery.start_soon(supervisor.run)
                 nursery.start_soon(self._serve_timers)
                 self._tick = self.ticker.register(self, math.inf)
         except Exception as exc:  # a bug, not a peer: log it, and still close in order
@@ -384,16 +391,11 @@ class Stream:
             # The app leg was already stopped and closed by the supervisor on its way out.
             await self.call.aclose(reason)
         self.ended_at = _utcnow()
-        duration_s = (self.ended_at - self.started_at).total_seconds()
-        fields: dict[str, Any] = {"reason": reason, "duration_s": round(duration_s, 3)}
+        duration_s = round((self.ended_at - self.started_at).total_seconds(), 3)
         if reason in DROP_REASONS:
-            fields["error"] = self.error
-            fields["attempts"] = self.outage_attempts
-            self._emit("DroppedStream", fields)
+            self._emit(DroppedStream(reason, duration_s, self.error, self.outage_attempts))
         else:
-            if self.error:
-                fields["error"] = self.error
-            self._emit("StopStream", fields)
+            self._emit(StopStream(reason, duration_s, self.error))
         self._set_state(StreamState.CLOSED)
         logger.info(
             "stream closed",
@@ -581,7 +583,7 @@ class Stream:
         crossed = uplink.append(item)
         for threshold in crossed:
             self._note("degraded", {"buffer_percent": threshold})
-            self._emit("DegradedStream", {"buffer_percent": threshold})
+            self._emit(DegradedStream(threshold))
         if uplink.full:
             self.end("slow_connection", f"uplink buffer full ({self.settings.buffer_s:g}s of audio)")
 
@@ -604,7 +606,7 @@ class Stream:
             return
         if uplink.check_recovered():
             self._note("recovered", {"buffer_percent": round(uplink.percent, 1)})
-            self._emit("RecoveredStream", {})
+            self._emit(RecoveredStream())
 
     # ==================================================================================
     # app -> call (downlink)
@@ -738,122 +740,6 @@ class Stream:
             self._app_event(Drained())
 
     # ==================================================================================
-    # reconnect supervisor
-    # ==================================================================================
-
-    async def _supervise(self) -> None:
-        """Own the app leg: the first attempt plus ``retries`` more with doubling
-        backoff, at initiation and again after every mid-stream loss."""
-        s = self.settings
-        attempt = 0
-        delay = s.backoff_s
-        last_error = ""
-        while True:
-            attempt += 1
-            self.attempts += 1
-            self.outage_attempts = attempt
-            self._set_state(StreamState.CONNECTING)
-            outcome: str | None = None
-            try:
-                async with self.connector.open(self.stream_id, self.call_id) as conn:
-                    attempt, delay = 0, s.backoff_s
-                    try:
-                        self._on_app_connected(conn)
-                        outcome = await self._run_connection(conn)
-                    finally:
-                        self._app = None
-                        if self.reason is not None:
-                            # The stream is ending: the dialect's stop goes out before
-                            # the close handshake that leaving this block performs.
-                            try:
-                                conn.send_event(Stop(self.reason))
-                            except (ConnectionClosed, TransportError):
-                                pass
-            except (TransportError, OSError) as exc:
-                last_error = str(exc) or type(exc).__name__
-                self._note("connect_failed", {"attempt": self.outage_attempts, "error": last_error})
-                logger.info(
-                    "app connect attempt %d failed: %s",
-                    self.outage_attempts,
-                    last_error,
-                    extra={"stream_id": self.stream_id, "route": self.route},
-                )
-                if attempt > s.retries:
-                    when = "mid-stream" if self._app_ever_up else "at initiation"
-                    self.end(
-                        "connection_error",
-                        f"app leg unreachable {when} after {attempt} attempts: {last_error}",
-                    )
-                    return
-                await trio.sleep(delay)
-                delay *= 2
-                continue
-            if outcome is None:
-                self.end("app_hangup")
-                return
-            self.reconnects += 1
-            self._note("app_lost", {"error": outcome})
-            logger.warning(
-                "app leg lost: %s; reconnecting",
-                outcome,
-                extra={"stream_id": self.stream_id, "route": self.route},
-            )
-
-    def _on_app_connected(self, conn: AppConnection) -> None:
-        resumed = self._app_ever_up
-        replayed_ms = self._uplink.fill_ms
-        self._app = conn
-        self._set_state(StreamState.OPEN)
-        conn.send_event(
-            Start(
-                stream_id=self.stream_id,
-                call_id=self.call_id,
-                sample_rate=self.settings.app_sample_rate,
-                encoding="L16",
-                metadata=self.call.metadata(),
-                resumed=resumed,
-                replayed_ms=replayed_ms,
-            )
-        )
-        if resumed:
-            self._note("resumed", {"replayed_ms": replayed_ms})
-        else:
-            self._app_ever_up = True
-            self._emit("StartStream", {})
-        self._set_state(StreamState.STREAMING)
-        self._drain_uplink()
-
-    async def _run_connection(self, conn: AppConnection) -> str | None:
-        """Run one connection's reader and writer. None = a normal end (the app hung up,
-        or the stream is ending); otherwise the failure, and the supervisor reconnects."""
-        failure: list[str] = []
-
-        async def reader(cancel: trio.CancelScope) -> None:
-            try:
-                await conn.serve_reader(self)
-            except (DialectError, FramingError) as exc:
-                # PROTOCOLS.md §0: malformed input from the app ends that connection;
-                # the supervisor then reconnects.
-                kind = exc.kind if isinstance(exc, FramingError) else "protocol_error"
-                self._bad_input("app", kind, str(exc))
-                failure.append(f"app leg {kind.replace('_', ' ')}: {exc}")
-            except (ConnectionClosed, TransportError) as exc:
-                failure.append(str(exc) or type(exc).__name__)
-            cancel.cancel()
-
-        async def writer(cancel: trio.CancelScope) -> None:
-            try:
-                await conn.serve_writer(self._drain_uplink)
-            except (ConnectionClosed, TransportError) as exc:
-                failure.append(str(exc) or type(exc).__name__)
-                cancel.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader, nursery.cancel_scope)
-            nursery.start_soon(writer, nursery.cancel_scope)
-        return failure[0] if failure else None
-
-    # ==================================================================================
     # bookkeeping
     # ==================================================================================
 
@@ -867,9 +753,9 @@ class Stream:
     def _note(self, name: str, detail: dict[str, Any]) -> None:
         self.log.append({"at": _utcnow().isoformat(), "event": name, **detail})
 
-    def _emit(self, event: str, fields: dict[str, Any]) -> None:
-        self._note(event, fields)
-        self.observer.stream_event(self, event, fields)
+    def _emit(self, event: LifecycleEvent) -> None:
+        self._note(event.name, event.detail())
+        self.observer.stream_event(self, event)
 
     def _bad_input(self, leg: str, kind: str, message: str) -> None:
         # The observer logs it: the daemon within its bad-peer line budget.

@@ -8,7 +8,9 @@
   :class:`Admission` (pending connections limited per peer and in all);
   :class:`TcpPipe`, a connected stream with the non-blocking writer
   (``send_nowait`` + ``serve_writer``) that the WebSocket connection has too.
-* UDP: :func:`open_udp_socket`, :class:`UdpPortPool` for RTP ports.
+* UDP: :func:`open_udp_socket`, :class:`UdpPortPool` for RTP ports, and
+  :class:`DatagramSocket`, a media leg's socket I/O (batched non-blocking receive, a
+  ``sendto`` that drops rather than waits).
 * HTTP/1.1 server on h11 with hard limits: :func:`serve_http`, :class:`HttpRequest`,
   :class:`HttpResponse`, :class:`HttpLimits`, :class:`HttpStats`.
 * :class:`Poller`: one epoll for a process's media sockets (readers in poll mode).
@@ -40,7 +42,7 @@ from ._tcp import (
     serve_tcp,
     set_nodelay,
 )
-from ._udp import UdpPortPool, open_udp_socket
+from ._udp import Address, DatagramSocket, UdpPortPool, open_udp_socket
 from ._websocket import (
     HeadersLike,
     WebSocketConnection,
@@ -52,7 +54,9 @@ from ._websocket import (
 
 __all__ = [
     "HOST_PORT_FORM",
+    "Address",
     "Admission",
+    "DatagramSocket",
     "HeadersLike",
     "HttpLimits",
     "HttpRequest",

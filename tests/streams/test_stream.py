@@ -19,6 +19,7 @@ from bridge.media import Frame
 from bridge.media._playout_policy import GRACE_S, PHASE_MARGIN_S, SEND_EARLY_S
 from bridge.streams import (
     EchoConnector,
+    LifecycleEvent,
     Stream,
     StreamSettings,
     StreamState,
@@ -45,8 +46,8 @@ class Recorder:
     states: list[str] = attrs.field(factory=list)
     closed: list[str] = attrs.field(factory=list)
 
-    def stream_event(self, stream: Stream, event: str, fields: dict[str, Any]) -> None:
-        self.events.append((trio.current_time(), event, dict(fields)))
+    def stream_event(self, stream: Stream, event: LifecycleEvent) -> None:
+        self.events.append((trio.current_time(), event.name, event.detail()))
 
     def stream_state(self, stream: Stream, state: StreamState) -> None:
         self.states.append(state.value)

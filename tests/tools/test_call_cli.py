@@ -274,7 +274,7 @@ async def test_audiosocket_16k_call_through_an_8k_route(daemon: Any, tmp_path: P
 
 async def test_rtp_call_via_post_and_delete(daemon_factory: Any, tmp_path: Path) -> None:
     try:
-        import bridge.daemon._rtp  # noqa: F401  (registers the RTP listener hook)
+        import bridge.daemon._rtp  # noqa: F401  (the RTP listener)
     except ImportError as exc:  # pragma: no cover - while the listener is being built
         pytest.xfail(f"the RTP listener (bridge/daemon/_rtp.py) is not available: {exc}")
     daemon = await daemon_factory(make_config(tmp_path, routes=AS_ROUTE + RTP_ROUTE))

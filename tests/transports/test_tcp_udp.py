@@ -1,17 +1,21 @@
-"""TCP listener helpers and the UDP (RTP) port pool, on real loopback sockets."""
+"""TCP listener helpers, the UDP (RTP) port pool and the datagram socket, on real
+loopback sockets."""
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import random
 import socket
+from typing import Any
 
 import pytest
 import trio
 
 from bridge import TransportError
 from bridge.transports import (
+    DatagramSocket,
     UdpPortPool,
     open_tcp_listener,
     open_tcp_listeners,
@@ -203,3 +207,87 @@ def test_pool_rejects_bad_range() -> None:
         UdpPortPool("127.0.0.1", 5000, 4000)
     with pytest.raises(ValueError):
         UdpPortPool("127.0.0.1", 0, 10)
+
+
+# ------------------------------------------------------------------- DatagramSocket
+
+
+def _peer() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+async def test_datagram_socket_takes_the_descriptor_over() -> None:
+    trio_sock = await open_udp_socket("127.0.0.1", 0)
+    bound = trio_sock.getsockname()
+    ds = DatagramSocket.take(trio_sock)
+    owned = ds.socket
+    assert owned is not None and not owned.getblocking()
+    assert trio_sock.fileno() == -1  # detached: its close() does nothing now
+    trio_sock.close()
+    assert ds.local_address == bound and owned.fileno() >= 0
+    ds.close()
+    ds.close()  # idempotent
+    assert ds.socket is None and owned.fileno() == -1
+
+
+async def test_datagram_socket_hands_over_every_datagram_in_batches(
+    nursery: trio.Nursery,
+) -> None:
+    ds = DatagramSocket.take(await open_udp_socket("127.0.0.1", 0))
+    peer = _peer()
+    got: list[tuple[bytes, Any, float]] = []
+    done = trio.Event()
+
+    def on_datagram(data: bytes, addr: Any, now: float) -> None:
+        got.append((data, addr, now))
+        if len(got) == 100:
+            done.set()
+
+    # Queued before the reader runs: the first wake-ups find a backlog.
+    for n in range(100):
+        peer.sendto(n.to_bytes(2, "big"), ds.local_address)
+
+    async def reader() -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await ds.serve_reader(on_datagram)
+
+    with trio.fail_after(5):
+        nursery.start_soon(reader)
+        await done.wait()
+    assert [int.from_bytes(d, "big") for d, _, _ in got] == list(range(100))
+    assert {addr for _, addr, _ in got} == {peer.getsockname()}
+    # One ``now`` per wake-up, and no wake-up reads more than its batch.
+    per_wakeup = collections.Counter(now for _, _, now in got)
+    assert len(per_wakeup) >= 2 and max(per_wakeup.values()) <= 64
+    ds.close()  # wakes the reader: ClosedResourceError
+    peer.close()
+
+
+async def test_datagram_socket_sends_to_its_destination_or_counts_why_not() -> None:
+    peer = _peer()
+    peer.settimeout(5)
+    ds = DatagramSocket.take(await open_udp_socket("127.0.0.1", 0))
+    ds.send(b"nowhere")
+    assert (ds.sent, ds.no_destination) == (0, 1)
+    ds.destination = peer.getsockname()
+    ds.send(b"one")
+    assert peer.recvfrom(2048) == (b"one", ds.local_address)
+    assert (ds.sent, ds.no_destination, ds.dropped, ds.errors) == (1, 1, 0, 0)
+    ds.close()
+    ds.send(b"after close")  # nothing, no error
+    assert ds.sent == 1
+    peer.close()
+
+
+async def test_datagram_socket_send_errors_are_counted_and_reported() -> None:
+    errors: list[tuple[str, OSError]] = []
+    ds = DatagramSocket.take(
+        await open_udp_socket("127.0.0.1", 0), on_error=lambda op, exc: errors.append((op, exc))
+    )
+    ds.destination = ("::1", 9)  # an IPv6 destination from an IPv4 socket: refused at once
+    ds.send(b"x")
+    assert (ds.sent, ds.errors) == (0, 1)
+    assert [op for op, _ in errors] == ["send"]
+    ds.close()
