@@ -20,17 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import array
-import warnings
 
 import numpy as np
 import soxr
 
 from bench._harness import Case, print_table, run_cases
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
-
 from bridge.media import (
     L16_BE,
     PCMA,
@@ -39,6 +33,7 @@ from bridge.media import (
     PacingClock,
     PlayoutBuffer,
     Resampler,
+    audioop,
 )
 
 

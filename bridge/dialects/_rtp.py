@@ -39,20 +39,14 @@ from __future__ import annotations
 import collections
 import secrets
 import struct
-import warnings
 from collections.abc import Callable
 from typing import Final, Literal
 
 import attrs
 
 from .._errors import DialectError
-from ..media import Frame
+from ..media import PCMU, Frame, codec_for
 from ._events import Audio, Dtmf, Event, Message
-
-with warnings.catch_warnings():
-    # Deprecated in 3.11, removed in 3.13 (where the audioop-lts package provides it).
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 __all__ = [
     "DEFAULT_PAYLOAD_TYPES",
@@ -91,28 +85,6 @@ def _random_bits(bits: int) -> int:
     return secrets.randbits(bits)
 
 
-def _decode_l16(payload: bytes) -> bytes:
-    if len(payload) & 1:
-        raise DialectError(DIALECT, f"L16 payload of {len(payload)} bytes is not whole samples")
-    return audioop.byteswap(payload, 2)  # big-endian on the wire (RFC 3551 §4.5.11)
-
-
-def _decoder(codec: Codec) -> Callable[[bytes], bytes]:
-    if codec == "pcmu":
-        return lambda payload: audioop.ulaw2lin(payload, 2)
-    if codec == "pcma":
-        return lambda payload: audioop.alaw2lin(payload, 2)
-    return _decode_l16
-
-
-def _encoder(codec: Codec) -> Callable[[bytes, int], bytes]:
-    if codec == "pcmu":
-        return audioop.lin2ulaw
-    if codec == "pcma":
-        return audioop.lin2alaw
-    return audioop.byteswap
-
-
 @attrs.define(slots=True, init=False)
 class RtpSession:
     """One RTP media stream, both directions.
@@ -146,8 +118,9 @@ class RtpSession:
     _seq: int = attrs.field(default=0)
     _ts: int = attrs.field(default=0)
     _marker: int = attrs.field(default=0x80)  # the first packet starts a talkspurt
-    _encode: Callable[[bytes, int], bytes] = attrs.field(default=audioop.lin2ulaw)
-    _decode: Callable[[bytes], bytes] = attrs.field(default=_decode_l16)
+    # The payload codec (bridge.media: G.711, or L16 big-endian per RFC 3551 §4.5.11).
+    _encode: Callable[[bytes], bytes] = attrs.field(default=PCMU.encode)
+    _decode: Callable[[bytes], bytes] = attrs.field(default=PCMU.decode)
     # RFC 4733 receive state: the event in progress, and recently finished keys.
     _ev_key: tuple[int, int] | None = attrs.field(default=None)
     _ev_code: int = attrs.field(default=0)
@@ -190,8 +163,8 @@ class RtpSession:
             dtmf_timeout=_DTMF_TIMEOUT_8K * sample_rate // 8000,
             seq=(_random_bits(16) if initial_seq is None else initial_seq) & _SEQ_MASK,
             ts=(_random_bits(32) if initial_timestamp is None else initial_timestamp) & _TS_MASK,
-            encode=_encoder(codec),
-            decode=_decoder(codec),
+            encode=codec_for(codec).encode,
+            decode=codec_for(codec).decode,
         )
 
     # ---------------------------------------------------------------------- sending
@@ -218,10 +191,7 @@ class RtpSession:
         """
         if not pcm:
             return b""
-        try:
-            payload = self._encode(pcm, 2)
-        except audioop.error:
-            raise ValueError(f"PCM16 of odd length {len(pcm)}") from None
+        payload = self._encode(pcm)  # ValueError for a torn sample: a caller bug
         seq = self._seq
         ts = self._ts
         packet = _HEADER.pack(0x80, self._marker | self.payload_type, seq, ts, self.ssrc) + payload
@@ -320,7 +290,13 @@ class RtpSession:
                 if 0 < (ts - end) & _TS_MASK < 0x80000000:
                     events.append(self._finish_event())
             if payload:
-                events.append(Audio(Frame(self._decode(payload), self.sample_rate), seq, ts))
+                try:
+                    pcm = self._decode(payload)
+                except ValueError:  # L16 only: G.711 is one byte per sample
+                    raise DialectError(
+                        DIALECT, f"L16 payload of {len(payload)} bytes is not whole samples"
+                    ) from None
+                events.append(Audio(Frame(pcm, self.sample_rate), seq, ts))
             return events
         if pt == self.dtmf_payload_type:
             return self._telephone_event(ssrc, ts, payload)

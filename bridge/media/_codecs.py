@@ -15,15 +15,11 @@ little-endian.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import attrs
 
-with warnings.catch_warnings():
-    # audioop is deprecated on 3.11/3.12 (PEP 594) and provided by audioop-lts on 3.13+.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from ._audioop import audioop
 
 __all__ = ["L16_BE", "L16_LE", "PCMA", "PCMU", "Codec", "codec_for"]
 

@@ -10,7 +10,6 @@ import os
 import struct
 import subprocess
 import sys
-import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,9 @@ from bridge.daemon._callsignal import (
 )
 from bridge.daemon._cli import main
 from bridge.daemon._echoserver import EchoOptions, EchoServer, serve_echo
-from bridge.media import Resampler, read_wav
+from bridge.media import Resampler, audioop, read_wav
 
 from .conftest import make_config
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from typing import Any
 
 import pytest
@@ -28,13 +27,9 @@ from bridge.dialects._events import (
     StatsRequest,
     Stop,
 )
-from bridge.media import Frame
+from bridge.media import Frame, audioop
 
 from .test_twilio import BAD_VALUES, FUZZ, PROPS, check_decoder, fuzz_inputs, pcm_frames
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 CHANNEL_ID = "1733150000.42"
 SECTION = "bridge_media"
