@@ -47,9 +47,19 @@ import attrs
 from .._errors import DialectError
 from ..media import PCMU, Frame, codec_for
 from ._events import Audio, Dtmf, Event, Message
+from ._spec import (
+    AppLeg,
+    CallLeg,
+    Capabilities,
+    ChunkRule,
+    DialectSpec,
+    PlatformParams,
+    WireFormat,
+)
 
 __all__ = [
     "DEFAULT_PAYLOAD_TYPES",
+    "SPEC",
     "RtpApp",
     "RtpPlatform",
     "RtpSession",
@@ -64,6 +74,52 @@ DEFAULT_PAYLOAD_TYPES: Final = {"pcmu": 0, "pcma": 8, "l16": 96}
 
 ENCODING_NAMES: Final = {"pcmu": "PCMU", "pcma": "PCMA", "l16": "L16"}
 """RFC 3551 encoding names (``a=rtpmap``), as announced in an encapsulation's start."""
+
+L16_RATES: Final = (8000, 12000, 16000, 24000, 32000, 44100, 48000)
+"""L16 rates bridge offers on RTP (any rate is RTP; these are the ones worth naming)."""
+
+SPEC: Final = DialectSpec(
+    name=DIALECT,
+    platform=f"{__name__}:RtpSession",
+    app=f"{__name__}:RtpSession",
+    dialer="either",
+    subprotocol=None,
+    greets_first="none",
+    start=(),
+    stop="no message: the stream's life comes from signalling (SDP, POST/DELETE /v1/streams)",
+    formats=(
+        WireFormat("PCMU", "pcmu", 8000),
+        WireFormat("PCMA", "pcma", 8000),
+        *(WireFormat("L16", "l16be", rate) for rate in L16_RATES),
+    ),
+    default_format="PCMU",
+    format_choice="signalling: SDP, or the codec and sample_rate of POST /v1/streams",
+    ptime_ms=20,
+    send_rule=ChunkRule(frames="any", multiple_of_bytes=1),
+    capabilities=Capabilities(
+        marks="none",
+        marks_on_clear="none",
+        settles_marks=False,
+        clear=False,
+        cleared_ack=False,
+        dtmf_in=True,
+        dtmf_out=True,
+        flow_control=False,
+        drained=False,
+        stats=False,
+        hangup=False,
+        resume=False,
+    ),
+    transport="udp",
+    call_leg=CallLeg(listener="rtp", far_side_buffers=False, hangup_on_close=False),
+    app_leg=AppLeg(default_codec="pcmu"),
+    # Over a WebSocket app leg: RTP packets in BINARY, sln control in TEXT.
+    make_platform="bridge.dialects._encapsulated:rtp_platform",
+    make_app="bridge.dialects._encapsulated:rtp_app",
+    make_native_platform=f"{__name__}:native_platform",
+)
+"""Capabilities are the UDP wire's (DTMF both ways as RFC 4733); the WebSocket
+encapsulation adds sln's TEXT control beside the packets."""
 
 _HEADER: Final = struct.Struct("!BBHII")
 _DTMF_PACKET: Final = struct.Struct("!BBHIIBBH")
@@ -401,3 +457,11 @@ def _payload(message: bytes, b0: int) -> bytes:
 
 RtpPlatform = RtpSession
 RtpApp = RtpSession
+
+
+def native_platform(params: PlatformParams) -> RtpSession:
+    """An RTP peer over UDP (``bridge call``), in the resolved codec (``pcmu``/``pcma``/
+    ``l16``) and rate."""
+    codec = params.codec
+    assert codec in DEFAULT_PAYLOAD_TYPES
+    return RtpSession(codec, params.sample_rate, ptime_ms=params.ptime_ms)  # type: ignore[arg-type]

@@ -169,9 +169,9 @@ def test_app_decodes_the_json_start_and_answers_in_json() -> None:
 
 def test_command_format_can_be_forced() -> None:
     app = started(command_format="json")
-    assert json.loads(app.answer()) == {"command": "ANSWER"}
+    assert json.loads(app.answer_command()) == {"command": "ANSWER"}
     app = started(JSON_START, command_format="plain-text")
-    assert app.answer() == "ANSWER"
+    assert app.answer_command() == "ANSWER"
     with pytest.raises(ValueError, match="command_format"):
         AsteriskWsApp(command_format="xml")
 
@@ -275,7 +275,7 @@ def test_app_encodes_commands_within_128_bytes_whatever_the_mark_name() -> None:
     assert len(cmd.encode()) <= MAX_TEXT_BYTES
     assert app.send(Clear()) == ["FLUSH_MEDIA"]
     assert app.send(StatsRequest()) == ["GET_STATUS"]
-    assert [app.answer(), app.start_media_buffering(), app.stop_media_buffering("b1")] == [
+    assert [app.answer_command(), app.start_media_buffering(), app.stop_media_buffering("b1")] == [
         "ANSWER",
         "START_MEDIA_BUFFERING",
         "STOP_MEDIA_BUFFERING b1",
