@@ -21,7 +21,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -344,8 +344,9 @@ class Daemon:
         path: str = "",
         headers: dict[str, str] | None = None,
         query: dict[str, str] | None = None,
+        subprotocols: Sequence[str] = (),
     ) -> RouteConfig | None:
-        return match_route(self.config, listener, path, headers, query)
+        return match_route(self.config, listener, path, headers, query, subprotocols)
 
     def stream_settings(self, route: RouteConfig) -> tuple[StreamSettings, StreamConfig]:
         scfg = self.config.route_stream(route)
@@ -744,6 +745,7 @@ def _dial_out(daemon: Daemon, route: RouteConfig, scfg: StreamConfig, stream_id:
         codec=app.codec,
         route=route.name,
         headers=dict(app.headers),
+        options=dict(app.options),
         ca_file=app.ca_file,
         ptime_ms=round(scfg.ptime_s * 1000),
         connect_timeout_s=scfg.connect_timeout_s,

@@ -3,7 +3,7 @@
 from ._echo import ECHO_URL, EchoConnection, EchoConnector
 from ._legs import AppConnection, AppConnector, CallLeg, Pipe, StreamSink
 from ._manager import StreamManager
-from ._pipelegs import Dialect, PipeAppConnection, PipeCallLeg
+from ._pipelegs import PipeAppConnection, PipeCallLeg
 from ._stream import Stream, StreamObserver, StreamSettings, StreamState
 from ._ticker import TickClient, Ticker, TickHandle
 from ._uplink import UplinkBuffer
@@ -13,7 +13,6 @@ __all__ = [
     "AppConnection",
     "AppConnector",
     "CallLeg",
-    "Dialect",
     "EchoConnection",
     "EchoConnector",
     "Pipe",

@@ -40,6 +40,7 @@ import trio
 
 from .._errors import ConnectionClosed, DialectError, FramingError, TransportError
 from ..dialects import (
+    DEFAULT_ENCAPSULATION,
     Audio,
     Clear,
     Cleared,
@@ -163,7 +164,7 @@ class Stream:
     settings: StreamSettings = attrs.field(factory=StreamSettings)
     route: str = ""
     listener: str = ""
-    encapsulation: str = "sln"
+    encapsulation: str = DEFAULT_ENCAPSULATION
     observer: StreamObserver = attrs.field(factory=_NullObserver)
     #: Every paced frame's lateness is also recorded here (the daemon's process-wide
     #: ``bridge_pacing_lateness_seconds``).

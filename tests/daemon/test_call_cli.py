@@ -123,11 +123,15 @@ def test_options_reject_what_the_wire_cannot_carry() -> None:
         CallOptions(transport="twilio", codec="pcma")
     with pytest.raises(ValueError, match="8000"):
         CallOptions(transport="twilio", sample_rate=16000)
-    with pytest.raises(ValueError, match="AudioSocket"):
+    with pytest.raises(ValueError, match="audiosocket runs at 8000/12000/16000"):
         CallOptions(transport="audiosocket", sample_rate=11025)
     with pytest.raises(ValueError, match="ws://"):
         CallOptions(transport="telnyx", target="127.0.0.1:9")
     CallOptions(transport="plivo", codec="l16", sample_rate=16000)  # fine
+    with pytest.raises(ValueError, match="unknown dialect 'nope'"):
+        CallOptions(transport="nope")
+    # The command line's spelling of a registry name is accepted.
+    assert CallOptions(transport="asterisk-ws").spec.name == "asterisk_ws"
 
 
 # ---------------------------------------------------------------------- against bridge
