@@ -39,6 +39,7 @@ from bridge.daemon._config import (
     parse_duration,
     parse_listen,
 )
+from bridge.dialects import carriers, dialect
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "bridge.example.toml"
@@ -96,8 +97,15 @@ def test_embedded_default_is_accepted() -> None:
     assert config.records.path == "bridge.sqlite3"
     assert all(r.app.url == "echo:" and r.app.encapsulation == "sln" for r in config.routes)
     assert {r.match.listener for r in config.routes} == {"audiosocket", "websocket", "rtp"}
+    # One echo route per carrier of the dialect registry, on its conventional path.
     ws = {r.carrier: r.match.path for r in config.routes_for("websocket")}
-    assert ws == {"twilio": "/twilio", "telnyx": "/telnyx", "plivo": "/plivo"}
+    expected = {}
+    for name in carriers():
+        leg = dialect(name).call_leg
+        assert leg is not None
+        expected[name] = leg.path
+    assert ws == expected
+    assert expected["twilio"] == "/twilio" and expected["asterisk_ws"] == "/asterisk"
 
 
 def test_empty_file_gives_the_documented_defaults() -> None:
@@ -429,7 +437,8 @@ def test_example_route_override() -> None:
 
 def test_routes_for() -> None:
     config = load_config(None)
-    assert [r.name for r in config.routes_for("websocket")] == [
+    assert [r.carrier for r in config.routes_for("websocket")] == list(carriers())
+    assert [r.name for r in config.routes_for("websocket")][:3] == [
         "twilio-echo",
         "telnyx-echo",
         "plivo-echo",
