@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final, Protocol
 
-from . import _asterisk_ws, _audiosocket, _exotel, _plivo, _rtp, _sln, _telnyx, _twilio
+from . import _asterisk_ws, _audiosocket, _exotel, _plivo, _rtp, _sln, _telnyx, _twilio, _vonage
 from ._events import Event, Message
 from ._spec import DialectSpec, Listener
 
@@ -69,6 +69,7 @@ SPECS: Final[tuple[DialectSpec, ...]] = (
     _plivo.SPEC,
     _asterisk_ws.SPEC,
     _exotel.SPEC,
+    _vonage.SPEC,
 )
 """Every dialect, in the order they are listed to users."""
 

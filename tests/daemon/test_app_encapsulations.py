@@ -96,6 +96,8 @@ CASES = [
     pytest.param("asterisk_ws", "pcmu", 8000, 8000, "pcmu", id="asterisk_ws-ulaw"),
     pytest.param("exotel", None, 8000, 8000, "exact", id="exotel-8k"),
     pytest.param("exotel", None, 16000, 16000, "exact", id="exotel-16k"),
+    pytest.param("vonage", None, 8000, 8000, "exact", id="vonage-8k"),
+    pytest.param("vonage", None, 16000, 16000, "exact", id="vonage-16k"),
 ]
 
 

@@ -268,7 +268,7 @@ def test_parse_listen_rejects(text: str) -> None:
             "routes[0].app.codec",
         ),
         (WS_ROUTE.replace('carrier = "twilio"', ""), "routes[0].carrier"),
-        (WS_ROUTE.replace('carrier = "twilio"', 'carrier = "vonage"'), "routes[0].carrier"),
+        (WS_ROUTE.replace('carrier = "twilio"', 'carrier = "jambonz"'), "routes[0].carrier"),
         (RTP_ROUTE + "carrier = 'twilio'", "routes[0].carrier"),
         (RTP_ROUTE + RTP_ROUTE, "routes[1].name"),
         (RTP_ROUTE.replace('"rtp"\nmatch', '"r t p"\nmatch'), "routes[0].name"),
@@ -772,7 +772,7 @@ def test_routes_match_by_subprotocol() -> None:
         (
             WS_ROUTE.replace('carrier = "twilio"', 'carrier = "sln"'),
             "routes[0].carrier",
-            "invalid value 'sln'; allowed: 'twilio', 'telnyx', 'plivo', 'asterisk_ws', 'exotel'",
+            "invalid value 'sln'; allowed: 'twilio', 'telnyx', 'plivo', 'asterisk_ws', 'exotel', 'vonage'",
         ),
         (
             WS_ROUTE.replace("twilio", "exotel") + "auth = { twilio_auth_token = 't' }",

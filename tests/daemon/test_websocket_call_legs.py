@@ -407,3 +407,131 @@ async def test_bridge_call_places_calls_over_the_new_legs(
     sent = call.frames_sent
     assert sent >= frames - 3
     assert (call.frames_echoed, call.lost, call.duplicates, call.out_of_order) == (sent, 0, 0, 0)
+
+
+# ======================================================================= Vonage
+
+VONAGE_ROUTE = """
+[[routes]]
+name = "vonage"
+match = { listener = "websocket", path = "/vonage" }
+carrier = "vonage"
+app = { url = "APP_URL", encapsulation = "sln", sample_rate = 16000 }
+"""
+
+
+def frame16(n: int, base: int = 1000) -> bytes:
+    return struct.pack("<h", base + n) * 320  # 20 ms at 16 kHz: 640 bytes
+
+
+async def test_vonage_call_leg(daemon_factory: Any, tmp_path: Path) -> None:
+    """Vonage's Voice API WebSocket (NCCO connect to a websocket endpoint) per its
+    WebSockets guide: websocket:connected with the NCCO headers at the top level, then
+    BINARY L16 little-endian, one 20 ms frame per message, both ways."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            daemon, app = await start(nursery, daemon_factory, tmp_path, VONAGE_ROUTE)
+            host, port = daemon.bound["websocket"]
+            peer = WsPeer(f"ws://{host}:{port}/vonage")
+            await peer.call(peer.open)
+            connected = {
+                "event": "websocket:connected",
+                "content-type": "audio/l16;rate=16000",
+                "uuid": "63f61863-4a51-4f6b-86e1-46edebcf9356",
+                "caller": "447700900000",
+            }
+            await peer.call(peer.send, json.dumps(connected))
+            await until(lambda: app.named("start"))
+            (start_msg,) = app.named("start")
+            assert start_msg["call_id"] == connected["uuid"]  # from the NCCO headers
+            assert start_msg["metadata"]["headers"]["caller"] == "447700900000"
+
+            await peer.call(peer.send_paced, [frame16(n) for n in range(50)], 0.02)
+            await peer.wait_for(lambda: numbers(peer.binary(), 1000, 640)[-1:] == [49])
+            assert numbers(peer.binary(), 1000, 640) == list(range(50))
+            assert {len(b) for b in peer.binary()} == {640}  # exactly one frame per message
+            app.echo = False
+
+            # A mark is a notify; Vonage echoes its payload once the audio before it played.
+            await app.send(*(frame16(n, 3000) for n in range(3)), Mark("bye"))
+            await peer.wait_for(lambda: any('"notify"' in t for t in peer.texts()))
+            notify = json.loads(next(t for t in peer.texts() if '"notify"' in t))
+            assert notify == {"action": "notify", "payload": {"mark": "m1"}}
+            await peer.call(
+                peer.send, json.dumps({"event": "websocket:notify", "payload": notify["payload"]})
+            )
+            await until(lambda: app.named("mark"))
+            assert app.named("mark") == [{"event": "mark", "name": "bye"}]
+            # A notify in flight at a clear: bridge settles it (UNCONFIRMED on Vonage).
+            await app.send(frame16(9, 3000), Mark("again"))
+            await peer.wait_for(lambda: sum('"notify"' in t for t in peer.texts()) == 2)
+            await app.send(Clear())
+            await peer.wait_for(lambda: '{"action":"clear"}' in peer.texts())
+            await peer.call(peer.send, json.dumps({"event": "websocket:cleared"}))
+            await until(lambda: app.named("cleared"))
+            assert app.named("mark")[1:] == [{"event": "mark", "name": "again"}]
+
+            await peer.call(
+                peer.send, json.dumps({"event": "websocket:dtmf", "digit": "5", "duration": 260})
+            )
+            await until(lambda: app.named("dtmf"))
+            assert app.named("dtmf") == [{"event": "dtmf", "digit": "5"}]
+            await app.send(Dtmf("1"))
+            await until(lambda: app.named("error"))
+            assert app.named("error")[0]["error"] == "dtmf_unsupported"
+
+            # An unknown event is ignored, as Vonage's guide asks.
+            await peer.call(peer.send, json.dumps({"event": "websocket:media:update"}))
+            # The app hangs up: bridge closes the socket (Vonage then hangs up or moves on).
+            await app.send(Hangup())
+            await peer.call(peer.closed.wait, 5)
+            assert peer.close_code == 1000
+            await until(lambda: daemon.manager.live_count == 0)
+            await peer.call(peer.close)
+            nursery.cancel_scope.cancel()
+
+
+async def test_vonage_close_ends_the_stream(daemon_factory: Any, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            daemon, app = await start(nursery, daemon_factory, tmp_path, VONAGE_ROUTE)
+            host, port = daemon.bound["websocket"]
+            peer = WsPeer(f"ws://{host}:{port}/vonage")
+            await peer.call(peer.open)
+            await peer.call(
+                peer.send, json.dumps({"event": "websocket:connected", "content-type": "audio/l16;rate=8000"})
+            )
+            await until(lambda: app.named("start"))
+            assert app.named("start")[0]["call_id"]  # bridge's own id: the NCCO gave none
+            await peer.call(peer.send_paced, [caller_frame(n) for n in range(5)], 0.02)
+            await until(lambda: app.frames_in >= 5)
+            await peer.call(peer.close, 1000)  # the call ended on Vonage's side
+            await until(lambda: daemon.manager.live_count == 0)
+            await until(lambda: app.named("stop"))
+            nursery.cancel_scope.cancel()
+    assert app.named("stop") == [{"event": "stop", "reason": "call_hangup"}]
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+async def test_bridge_call_places_vonage_calls(
+    daemon_factory: Any, tmp_path: Path, rate: int
+) -> None:
+    frames = 50
+    with trio.fail_after(30):
+        route = VONAGE_ROUTE.replace('"APP_URL"', '"echo:"').replace("16000", str(rate))
+        daemon: Daemon = await daemon_factory(make_config(tmp_path, routes=route))
+        host, port = daemon.bound["websocket"]
+        options = CallOptions(
+            transport="vonage",
+            target=f"ws://{host}:{port}/vonage",
+            duration_s=frames * 0.02,
+            sample_rate=rate,
+            tail_s=3.0,
+        )
+        report = await CallGenerator(options).run()
+        await until(lambda: daemon.manager.live_count == 0)
+    (call,) = report.calls
+    assert call.connected and call.hangup == "caller_hangup", (call.hangup, call.error)
+    sent = call.frames_sent
+    assert sent >= frames - 3
+    assert (call.frames_echoed, call.lost, call.duplicates, call.out_of_order) == (sent, 0, 0, 0)
