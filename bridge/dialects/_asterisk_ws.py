@@ -955,6 +955,8 @@ class AsteriskWsPlatform:
     def _stop_buffering(self, correlation_id: str) -> list[Event]:
         out: list[Event] = []
         leftover, self._leftover = self._leftover, b""
+        # A torn last sample cannot be played (wire codecs take whole samples only).
+        leftover = leftover[: len(leftover) - len(leftover) % self._codec.width]
         if leftover:
             # At STOP_MEDIA_BUFFERING the remainder goes out as a short frame [AST].
             self.stats.frames_received += 1

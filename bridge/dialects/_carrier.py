@@ -111,8 +111,9 @@ class Codec:
     (``PCMU``, ``audio/x-mulaw``, ``slin16``, ...) and at the stream's ``sample_rate``.
 
     ``width`` is the number of wire bytes per sample: a 2-byte format must arrive in whole
-    samples. ``decode``/``encode`` are the media codec's own functions (copied here so
-    that the per-frame call is one attribute load, as before).
+    samples, and every caller checks that before ``decode``/``encode`` (and raises its
+    own error): they are the media codec's ``decode_whole``/``encode_whole``, copied here
+    so that the per-frame call is one attribute load.
     """
 
     name: str
@@ -124,7 +125,9 @@ class Codec:
 
 def wire_codec(name: str, codec: MediaCodec, sample_rate: int) -> Codec:
     """``codec`` under the wire's ``name`` at ``sample_rate``."""
-    return Codec(name, sample_rate, codec.bytes_per_sample, codec.decode, codec.encode)
+    return Codec(
+        name, sample_rate, codec.bytes_per_sample, codec.decode_whole, codec.encode_whole
+    )
 
 
 def pcmu_codec(name: str) -> Codec:

@@ -45,7 +45,7 @@ from typing import Final, Literal
 import attrs
 
 from .._errors import DialectError
-from ..media import PCMU, Frame, codec_for
+from ..media import PCMU, Frame, audioop, codec_for
 from ._events import Audio, Dtmf, Event, Message
 from ._spec import (
     AppLeg,
@@ -175,7 +175,7 @@ class RtpSession:
     _ts: int = attrs.field(default=0)
     _marker: int = attrs.field(default=0x80)  # the first packet starts a talkspurt
     # The payload codec (bridge.media: G.711, or L16 big-endian per RFC 3551 §4.5.11).
-    _encode: Callable[[bytes], bytes] = attrs.field(default=PCMU.encode)
+    _encode: Callable[[bytes, int], bytes] = attrs.field(default=PCMU.raw_encode)
     _decode: Callable[[bytes], bytes] = attrs.field(default=PCMU.decode)
     # RFC 4733 receive state: the event in progress, and recently finished keys.
     _ev_key: tuple[int, int] | None = attrs.field(default=None)
@@ -219,7 +219,7 @@ class RtpSession:
             dtmf_timeout=_DTMF_TIMEOUT_8K * sample_rate // 8000,
             seq=(_random_bits(16) if initial_seq is None else initial_seq) & _SEQ_MASK,
             ts=(_random_bits(32) if initial_timestamp is None else initial_timestamp) & _TS_MASK,
-            encode=codec_for(codec).encode,
+            encode=codec_for(codec).raw_encode,
             decode=codec_for(codec).decode,
         )
 
@@ -247,7 +247,11 @@ class RtpSession:
         """
         if not pcm:
             return b""
-        payload = self._encode(pcm)  # ValueError for a torn sample: a caller bug
+        try:
+            # The codec's audioop function itself: the per-frame path saves a call.
+            payload = self._encode(pcm, 2)
+        except audioop.error:
+            raise ValueError(f"PCM16 of odd length {len(pcm)}") from None
         seq = self._seq
         ts = self._ts
         packet = _HEADER.pack(0x80, self._marker | self.payload_type, seq, ts, self.ssrc) + payload

@@ -449,6 +449,10 @@ def test_platform_frames_binary_media_and_drops_partial_frames() -> None:
     assert asterisk.send(token) == ["MEDIA_BUFFERING_COMPLETED b7"]
     assert asterisk.receive(frame[:50]) == []  # buffering over: dropped again
     assert asterisk.stats.dropped_partial_bytes == 150
+    # A torn last sample of slin cannot be played: the short frame is whole samples.
+    asterisk.receive("START_MEDIA_BUFFERING")
+    asterisk.receive(frame[:51])
+    assert asterisk.receive("STOP_MEDIA_BUFFERING")[0] == Audio(Frame(frame[:50], 8000))
 
 
 def test_platform_never_echoes_flushed_marks() -> None:
