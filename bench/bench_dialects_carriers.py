@@ -19,7 +19,6 @@ import argparse
 import binascii
 import os
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -165,7 +164,7 @@ class _OutMedia(msgspec.Struct, tag_field="event", tag="media"):
 
 
 def _compare() -> list[Case]:
-    import audioop  # deprecated on 3.11: main() imports it with the warning silenced
+    from bridge.media import audioop
 
     pcm = _pcm(8000)
     app = TwilioApp()
@@ -201,9 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="shorter timing runs")
     args = parser.parse_args(argv)
     print_table("carrier dialects, one 20 ms frame", run_cases(CASES, quick=args.quick))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        compare = _compare()
+    compare = _compare()
     print_table(
         "Twilio media message encoders (µ-law + base64 + JSON)",
         run_cases(compare, quick=args.quick),

@@ -20,17 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import array
-import warnings
 
 import numpy as np
 import soxr
 
 from bench._harness import Case, print_table, run_cases
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
-
 from bridge.media import (
     L16_BE,
     PCMA,
@@ -39,6 +33,7 @@ from bridge.media import (
     PacingClock,
     PlayoutBuffer,
     Resampler,
+    audioop,
 )
 
 
@@ -65,15 +60,20 @@ def _jitter_case() -> Callable[[], object]:
     """Steady state: one packet in, one frame out, sequence numbers wrapping."""
     jb = JitterBuffer(8000)
     seq = 65000
+    now = 0.0
     for _ in range(3):
-        jb.push(seq & 0xFFFF, 0, 1, PCM_8K)
+        jb.push(seq & 0xFFFF, seq * 160 & 0xFFFFFFFF, 1, PCM_8K, now)
         seq += 1
+        now += 0.02
 
     def step() -> object:
-        nonlocal seq
-        jb.push(seq & 0xFFFF, 0, 1, PCM_8K)
+        nonlocal seq, now
+        # The API takes the arrival time (and pop the time now) since the jitter buffer
+        # got its own clock; packets arrive on time, 20 ms apart.
+        jb.push(seq & 0xFFFF, seq * 160 & 0xFFFFFFFF, 1, PCM_8K, now)
         seq += 1
-        return jb.pop()
+        now += 0.02
+        return jb.pop(now)
 
     return step
 

@@ -81,14 +81,16 @@ def pipelines() -> list[Case]:
     sln8 = SlnPlatform("s", "c", 8000)
     packets = [sender.send_audio(pcm8) for _ in range(4096)]
     idx = [0]
+    now = [0.0]
 
     def up_rtp() -> object:
         i = idx[0] = (idx[0] + 1) % 4096
         if i == 0:
             jb.reset()
+        now[0] += 0.02  # packets arrive on time (the jitter buffer has its own clock)
         for ev in receiver.receive(packets[i]):
-            jb.push(ev.seq, ev.timestamp, receiver.last_ssrc, ev.frame.pcm)  # type: ignore[union-attr]
-        out = jb.pop()
+            jb.push(ev.seq, ev.timestamp, receiver.last_ssrc, ev.frame.pcm, now[0])  # type: ignore[union-attr]
+        out = jb.pop(now[0])
         return sln8.send_audio(out) if out else None
 
     cases.append(("uplink  rtp pcmu + jitter buffer -> sln 8k", up_rtp))

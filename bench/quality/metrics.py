@@ -29,7 +29,6 @@ sample p (source frame k = round(p / N)), is::
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,9 +121,7 @@ def _from_pcm16(b: bytes) -> np.ndarray:
 
 
 def _g711(x: np.ndarray, law: str) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import audioop
+    from bridge.media import audioop
     pcm = _to_pcm16(x)
     if law == "pcmu":
         return _from_pcm16(audioop.ulaw2lin(audioop.lin2ulaw(pcm, 2), 2))

@@ -46,16 +46,14 @@ from bridge.dialects import (
     Connected,
     Hangup,
     Mark,
-    PlivoApp,
     PlivoPlatform,
     RtpSession,
     SlnApp,
     Start,
     Stop,
-    TelnyxApp,
     TelnyxPlatform,
-    TwilioApp,
     TwilioPlatform,
+    dialect,
 )
 from bridge.transports import (
     WebSocketRequest,
@@ -251,15 +249,8 @@ class AppRecord:
 
 
 def _app_dialect(encapsulation: str) -> Any:
-    if encapsulation == "sln":
-        return SlnApp()
-    if encapsulation == "twilio":
-        return TwilioApp()
-    if encapsulation == "telnyx":
-        return TelnyxApp()
-    if encapsulation == "plivo":
-        return PlivoApp()
-    raise ValueError(encapsulation)
+    """The app role of the encapsulation the rig's app was dialled for (the registry's)."""
+    return dialect(encapsulation).app_role()
 
 
 def _pcm(x: np.ndarray) -> bytes:

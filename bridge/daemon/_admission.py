@@ -23,7 +23,7 @@ per-frame path: they run once per connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -79,8 +79,10 @@ class CallAdmission(Protocol):
         path: str = "",
         headers: dict[str, str] | None = None,
         query: dict[str, str] | None = None,
+        subprotocols: Sequence[str] = (),
     ) -> RouteConfig | None:
-        """The first route of ``listener`` that matches, or None."""
+        """The first route of ``listener`` that matches, or None (``subprotocols``: the
+        WebSocket subprotocols the caller offered, for dialects that route on one)."""
         ...
 
     def check_admission(self) -> None:

@@ -20,8 +20,7 @@ import logging
 import trio
 
 from .._errors import ConnectionClosed, DialectError, StreamRefused
-from ..dialects import Event, Start
-from ..dialects._audiosocket import HANGUP_FRAME, AudioSocketApp
+from ..dialects import HANGUP_FRAME, AudioSocketApp, Event, Start
 from ..streams import PipeCallLeg
 from ..transports import (
     Admission,

@@ -1,14 +1,19 @@
-"""The WebSocket listener: carrier media streams (Twilio, Telnyx, Plivo) and inbound app
-connections (``app.mode = "accept"``).
+"""The WebSocket listener: carrier media streams (every dialect the registry lists with a
+``websocket`` call leg: Twilio, Telnyx, Plivo, Asterisk ``chan_websocket``, Exotel, ...)
+and inbound app connections (``app.mode = "accept"``).
 
 * Carriers dial ``wss://<listen>/<route path>`` (``[websocket] tls_cert``; or ``ws://``
-  behind a TLS-terminating proxy). bridge plays the *application* side of
-  the carrier's protocol: routes are picked by path (and header/query where configured),
-  authenticated per route, admitted against ``max_streams`` (HTTP 503 when full), and the
-  carrier's ``start`` opens a stream. Marks, clear and DTMF map across to the app leg.
+  behind a TLS-terminating proxy). bridge plays the *application* side of the carrier's
+  protocol (the registry's app role for the route's ``carrier``, built with its
+  ``carrier_options``): routes are picked by path, subprotocol, header and query where
+  configured, authenticated per route, admitted against ``max_streams`` (HTTP 503 when
+  full), and the carrier's start message opens a stream. The dialect's subprotocol is
+  echoed when the carrier offers it (Asterisk's ``media``). Marks, clear, DTMF and flow
+  control map across to the stream; what the dialect sends to accept a call (Asterisk's
+  ``ANSWER`` for the ``n`` dial option) goes out once the stream is admitted.
 * A carrier leg that drops and dials again within the route's ``reconnect_window``
-  resumes the same stream, matched by the carrier's call and stream ids; the app leg
-  stays up and only the gap is reported.
+  resumes the same stream, matched by the carrier's call and stream ids (dialects whose
+  ``capabilities.resume`` allows it); the app leg stays up and only the gap is reported.
 * Apps of accept-mode routes dial ``/v1/streams/{stream_id}/media?token=…`` and speak the
   route's encapsulation: 401 for a bad token, 404 for an unknown or ended stream.
 
@@ -35,7 +40,8 @@ import hashlib
 import hmac
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,16 +56,32 @@ from .._errors import (
     StreamRefused,
     TransportTimeout,
 )
-from ..dialects import Event, Start
+from ..dialects import (
+    AppParams,
+    Dialect,
+    DialectSpec,
+    Event,
+    Message,
+    Start,
+    accept_messages,
+    dialect,
+)
 from ..streams import PipeAppConnection, PipeCallLeg
 from ..streams._wsapp import platform_dialect
-from ..transports import WebSocketRequest, serve_websocket
+from ..transports import WebSocketConnection, WebSocketRequest, serve_websocket
 from ._admission import AcceptSlot, CallAdmission
 from ._config import AuthConfig, RouteConfig, StreamConfig, WebSocketConfig
 from ._credentials import as_bytes, matches, matches_any
 from ._forwarded import Origin, resolve_origin
 
-__all__ = ["AcceptConnector", "serve_carrier_websocket", "twilio_signature", "twilio_urls"]
+__all__ = [
+    "AcceptConnector",
+    "call_leg_role",
+    "carrier_leg",
+    "serve_carrier_websocket",
+    "twilio_signature",
+    "twilio_urls",
+]
 
 logger = logging.getLogger("bridge.daemon.websocket")
 
@@ -106,20 +128,65 @@ def twilio_urls(
     return urls
 
 
-def _carrier_app_dialect(carrier: str) -> Any:
-    if carrier == "twilio":
-        from ..dialects._twilio import TwilioApp
+def call_leg_role(
+    route: RouteConfig,
+    query: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[DialectSpec, Dialect]:
+    """The registry entry of ``route.carrier`` and a fresh app role to answer its call,
+    built with the route's ``carrier_options`` and the upgrade request's query and
+    headers (a dialect may take the call id from them)."""
+    assert route.carrier is not None
+    spec = dialect(route.carrier)
+    role: Dialect = spec.app_role(
+        AppParams(
+            options=route.carrier_options,
+            query=query or {},
+            headers=headers or {},
+            call_id=str(uuid.uuid4()),  # for wires that carry no call id of their own
+        )
+    )
+    return spec, role
 
-        return TwilioApp()
-    if carrier == "telnyx":
-        from ..dialects._telnyx import TelnyxApp
 
-        return TelnyxApp()
-    if carrier == "plivo":
-        from ..dialects._plivo import PlivoApp
+def carrier_leg(
+    spec: DialectSpec,
+    role: Dialect,
+    ws: WebSocketConnection,
+    start: Start,
+    pending: Sequence[Event],
+    peer: str,
+) -> PipeCallLeg:
+    """The call leg of an answered carrier connection, shaped by its registry entry."""
+    call_leg = spec.call_leg
+    assert call_leg is not None
+    return PipeCallLeg(
+        kind=spec.name,
+        dialect=role,
+        pipe=ws,
+        start=start,
+        pending=tuple(pending),
+        far_side_buffers=call_leg.far_side_buffers,
+        # Otherwise closing the socket is how an app ends a carrier stream.
+        hangup_on_close=call_leg.hangup_on_close,
+        resumable=spec.capabilities.resume,
+        peer=peer,
+        sized_audio=not spec.send_rule.any_size,
+    )
 
-        return PlivoApp()
-    raise ValueError(f"unknown carrier {carrier!r}")
+
+def offered_subprotocol(spec: DialectSpec, offered: Sequence[str]) -> str | None:
+    """The dialect's subprotocol when the peer offered it (echoed in the 101; RFC 6455
+    §4.2.2), else None (Asterisk also accepts a 101 without it)."""
+    wanted = spec.subprotocol
+    return wanted if wanted is not None and wanted in offered else None
+
+
+def send_accept(ws: WebSocketConnection, role: Dialect) -> None:
+    """What the dialect sends once bridge has taken the call (Asterisk: ``ANSWER``)."""
+    messages: list[Message] = accept_messages(role)
+    for message in messages:
+        ws.send_nowait(message)
 
 
 @attrs.define(slots=True, eq=False)
@@ -150,15 +217,17 @@ class AcceptConnector:
             if slot.ws is None:
                 raise TransportTimeout("accept", self.accept_timeout_s)
             app = self.route.app
-            dialect = platform_dialect(
+            role = platform_dialect(
                 app.encapsulation,
                 stream_id=stream_id,
                 call_id=call_id,
                 sample_rate=app.sample_rate,
                 codec=app.codec,
                 ptime_ms=self.ptime_ms,
+                options=app.options,
+                route=self.route.name,
             )
-            conn = PipeAppConnection(dialect, slot.ws, app.sample_rate)
+            conn = PipeAppConnection(role, slot.ws, app.sample_rate)
             try:
                 yield conn
             finally:
@@ -337,7 +406,9 @@ async def _handle_carrier(
     origin = _origin(admission, request)
     peer = origin.label
     headers = _headers(request)
-    route = admission.match_route(LISTENER, request.path, headers, dict(request.query))
+    route = admission.match_route(
+        LISTENER, request.path, headers, dict(request.query), request.subprotocols
+    )
     if route is None or route.carrier is None:
         admission.refused(LISTENER, "no_route", f"{peer} {request.path}")
         await request.reject(404, _json({"error": "not_found", "message": "no route for this path"}))
@@ -360,12 +431,12 @@ async def _handle_carrier(
         admission.refused(LISTENER, exc.reason, f"{peer} {request.path}")
         await request.reject(503, _json({"error": "refused", "reason": exc.reason}))
         return
+    spec, role = call_leg_role(route, request.query, headers)
     # Still pending (against max_handshakes and the per-peer limit) until the start
     # message: a carrier that upgrades and then says nothing is a slowloris too.
-    ws = await request.accept(keep_pending=True)
+    ws = await request.accept(offered_subprotocol(spec, request.subprotocols), keep_pending=True)
     if admission.clustered:  # cluster hook: keep what is read, for a hand-off
         ws.record_input()
-    dialect = _carrier_app_dialect(route.carrier)
     start: Start | None = None
     pending: list[Event] = []
     messages = 0
@@ -374,7 +445,7 @@ async def _handle_carrier(
             while start is None:
                 message = await ws.receive()
                 messages += 1
-                for event in dialect.receive(message):
+                for event in role.receive(message):
                     if start is None and type(event) is Start:
                         start = event
                     elif start is not None:
@@ -406,19 +477,9 @@ async def _handle_carrier(
         )
         return
     request.release_pending()
-    leg = PipeCallLeg(
-        kind=route.carrier,
-        dialect=dialect,
-        pipe=ws,
-        start=start,
-        pending=tuple(pending),
-        far_side_buffers=True,
-        hangup_on_close=False,  # closing the socket is how an app ends a carrier stream
-        resumable=True,
-        peer=peer,
-    )
+    leg = carrier_leg(spec, role, ws, start, pending, peer)
     key = (route.name, start.call_id, start.stream_id)
-    existing = admission.resumable_stream(key)
+    existing = admission.resumable_stream(key) if leg.resumable else None
     if admission.clustered and await admission.cluster_carrier_connected(
         route, request, ws, start, existing is not None
     ):  # cluster hook: the stream lives (or died) in another process
@@ -435,7 +496,11 @@ async def _handle_carrier(
             admission.refused(LISTENER, exc.reason, peer, call_id=start.call_id)
             await ws.close(1013, exc.reason)
             return
-        admission.register_resumable(key, stream)  # (cluster mode: in the registry too)
+        if leg.resumable:
+            admission.register_resumable(key, stream)  # (cluster mode: in the registry too)
+    # Taken: now the dialect may say so (Asterisk's ANSWER for the n dial option; a
+    # call refused above was never answered).
+    send_accept(ws, role)
     # The connection lives in this handler's task: hold it until the stream is done
     # with the leg (closed, or replaced after a drop).
     await leg.released.wait()
@@ -468,7 +533,8 @@ async def _handle_app(admission: CallAdmission, request: WebSocketRequest) -> No
     if not slot.waiting or slot.ws is not None:
         await request.reject(409, _json({"error": "already_connected", "stream_id": stream_id}))
         return
-    ws = await request.accept()
+    spec = dialect(slot.route.app.encapsulation)
+    ws = await request.accept(offered_subprotocol(spec, request.subprotocols))
     slot.ws = ws
     slot.ready.set()
     await slot.done.wait()

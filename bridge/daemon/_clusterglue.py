@@ -40,7 +40,6 @@ from .._errors import (
 )
 from .._version import __version__
 from ..dialects import Event, Start
-from ..streams import PipeCallLeg
 from ..transports import WebSocketConnection, WebSocketRequest, adopt_websocket_server, format_peer
 from ._config import Config, RouteConfig
 from ._credentials import as_bytes, matches
@@ -460,7 +459,7 @@ async def _adopt_app(daemon: Daemon, handoff: _cluster.Handoff, ws: WebSocketCon
 async def _adopt_carrier(
     daemon: Daemon, handoff: _cluster.Handoff, ws: WebSocketConnection, *, allow_new: bool
 ) -> None:
-    from ._carrier import _carrier_app_dialect
+    from ._carrier import call_leg_role, carrier_leg, send_accept
 
     route = daemon.config.route_by_name(handoff.route)
     peer = format_peer(handoff.peer)
@@ -470,13 +469,15 @@ async def _adopt_carrier(
     if not allow_new:
         await ws.close(1013, "stream owner unreachable")
         return
-    dialect = _carrier_app_dialect(route.carrier)
+    # The upgrade request stayed with the process that took it: options that read its
+    # query or headers (Asterisk's call_id_query) fall back to the wire's own ids.
+    spec, role = call_leg_role(route)
     start: Start | None = None
     pending: list[Event] = []
     try:
         with trio.move_on_after(daemon.config.websocket.handshake_timeout_s):
             while start is None:
-                for event in dialect.receive(await ws.receive()):
+                for event in role.receive(await ws.receive()):
                     if start is None and type(event) is Start:
                         start = event
                     elif start is not None:
@@ -488,19 +489,9 @@ async def _adopt_carrier(
     if start is None:
         await ws.close(1008, "no start message")
         return
-    leg = PipeCallLeg(
-        kind=route.carrier,
-        dialect=dialect,
-        pipe=ws,
-        start=start,
-        pending=tuple(pending),
-        far_side_buffers=True,
-        hangup_on_close=False,
-        resumable=True,
-        peer=peer,
-    )
+    leg = carrier_leg(spec, role, ws, start, pending, peer)
     key = (route.name, start.call_id, start.stream_id)
-    existing = daemon.resumable_stream(key)
+    existing = daemon.resumable_stream(key) if leg.resumable else None
     if existing is not None and not existing.awaiting_call:
         with trio.move_on_after(_RESUME_GRACE_S):
             # The stream has no event for it; a few ms of polling, once per carried re-dial.
@@ -524,5 +515,7 @@ async def _adopt_carrier(
             daemon.refused(LISTENER, exc.reason, peer, call_id=start.call_id)
             await ws.close(1013, exc.reason)
             return
-        daemon.register_resumable(key, stream)
+        if leg.resumable:
+            daemon.register_resumable(key, stream)
+    send_accept(ws, role)
     await leg.released.wait()

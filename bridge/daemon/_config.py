@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 import msgspec
@@ -25,6 +25,14 @@ import msgspec
 from .._durations import DURATION_HINT as _DURATION_HINT
 from .._durations import parse_duration
 from .._errors import ConfigError
+from ..dialects import (
+    DEFAULT_ENCAPSULATION,
+    FormatError,
+    OptionError,
+    carriers,
+    dialect,
+    encapsulations,
+)
 from ..transports import HOST_PORT_FORM, host_problem, parse_host_port
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "Codec",
     "Config",
     "DaemonConfig",
+    "DialectOptions",
     "Duration",
     "Encapsulation",
     "KeyValueMatch",
@@ -70,10 +79,16 @@ __all__ = [
 LogLevel: TypeAlias = Literal["debug", "info", "warning", "error"]
 LogFormat: TypeAlias = Literal["json", "console"]
 Listener: TypeAlias = Literal["audiosocket", "websocket", "rtp"]
-Carrier: TypeAlias = Literal["twilio", "telnyx", "plivo"]
-Encapsulation: TypeAlias = Literal["sln", "twilio", "telnyx", "plivo", "rtp", "audiosocket"]
+#: A dialect name from the registry (``bridge.dialects.carriers()``/``encapsulations()``):
+#: checked against it, so that a dialect is named in one place only.
+Carrier: TypeAlias = str
+Encapsulation: TypeAlias = str
 SampleRate: TypeAlias = Literal[8000, 16000, 24000, 48000]
-Codec: TypeAlias = Literal["pcmu", "pcma", "l16"]
+#: "" = the encapsulation's default codec (its registry entry's ``app_leg.default_codec``).
+Codec: TypeAlias = Literal["", "pcmu", "pcma", "l16"]
+#: A dialect's own keys (``carrier_options``, ``app.options``): checked against its
+#: registry entry.
+DialectOptions: TypeAlias = dict[str, str | int | bool]
 AppMode: TypeAlias = Literal["connect", "accept"]
 #: What a carrier re-dial gets when the stream it resumes died with its process.
 OrphanPolicy: TypeAlias = Literal["refuse", "new"]
@@ -166,6 +181,28 @@ def _listen(name: str, value: str) -> None:
         parse_listen(value)
     except ValueError as exc:
         raise _FieldError(name, str(exc)) from None
+
+
+def _one_of(names: Callable[[], tuple[str, ...]]) -> _Check:
+    """A name from the dialect registry (``names()`` is read when checked)."""
+
+    def check(name: str, value: str) -> None:
+        allowed = names()
+        if value not in allowed:
+            listed = ", ".join(repr(n) for n in allowed)
+            raise _FieldError(name, f"invalid value {value!r}; allowed: {listed}")
+
+    return check
+
+
+def _dialect_options(
+    field: str, resolve: Callable[[Mapping[str, object]], object], given: Mapping[str, object]
+) -> None:
+    """A dialect's own keys, checked by its registry entry; the error names the key."""
+    try:
+        resolve(given)
+    except OptionError as exc:
+        raise _FieldError(f"{field}.{exc.name}", exc.message) from None
 
 
 def _nonempty(name: str, value: str) -> None:
@@ -799,11 +836,14 @@ class MatchConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     path: str = ""
     header: KeyValueMatch | None = None
     query: KeyValueMatch | None = None
+    #: The upgrade request offers this WebSocket subprotocol (Asterisk chan_websocket
+    #: offers "media"): routes by subprotocol instead of, or as well as, by path.
+    subprotocol: str = ""
 
     def _validate(self) -> None:
         ws = self.listener == "websocket"
         # AudioSocket and RTP calls have no HTTP handshake, so nothing to match on.
-        for name in ("path", "header", "query"):
+        for name in ("path", "header", "query", "subprotocol"):
             if getattr(self, name) not in ("", None) and not ws:
                 raise _FieldError(
                     name, f'only websocket routes match on a {name}, this one is "{self.listener}"'
@@ -819,6 +859,9 @@ class MatchConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
             raise _FieldError(
                 "header.name", f"{self.header.name!r} is not a valid HTTP header name"
             )
+        if self.subprotocol and not _HEADER_NAME_RE.fullmatch(self.subprotocol):
+            # RFC 6455 §4.1: a subprotocol is a token.
+            raise _FieldError("subprotocol", f"{self.subprotocol!r} is not a valid token")
 
     def matches(
         self,
@@ -826,9 +869,12 @@ class MatchConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
         path: str,
         headers: Mapping[str, str] | None,
         query: Mapping[str, str] | None,
+        subprotocols: Sequence[str] = (),
     ) -> bool:
         """Whether a call arriving with these properties fits (header names case-insensitive)."""
         if listener != self.listener:
+            return False
+        if self.subprotocol and self.subprotocol not in subprotocols:
             return False
         if self.path:
             if self.path.endswith("/*"):
@@ -866,15 +912,17 @@ class AppConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True)
     """A route's ``app``: the application leg."""
 
     url: str = ""
-    encapsulation: Encapsulation = "sln"
+    encapsulation: Encapsulation = DEFAULT_ENCAPSULATION
     sample_rate: SampleRate = 8000
-    codec: Codec = "pcmu"
+    codec: Codec = ""
     mode: AppMode = "connect"
     token: str = ""
     headers: dict[str, str] = {}
     ca_file: str = ""
+    #: The encapsulation's own keys (its registry entry's ``app_leg.options``).
+    options: DialectOptions = {}
 
-    _CHECKS = {"token": _credential}
+    _CHECKS = {"token": _credential, "encapsulation": _one_of(encapsulations)}
 
     @property
     def is_echo(self) -> bool:
@@ -913,24 +961,13 @@ class AppConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True)
                 raise _FieldError("headers", f"{key!r} is not a valid HTTP header name")
             if any(c in value for c in "\r\n\0"):
                 raise _FieldError("headers", f"the value of {key!r} contains a line break or NUL")
-        if self.encapsulation == "twilio" and self.sample_rate != 8000:
-            raise _FieldError(
-                "sample_rate", f"the twilio encapsulation is 8000 Hz only, got {self.sample_rate}"
-            )
-        if (
-            self.encapsulation in ("rtp", "telnyx", "plivo")
-            and self.codec in ("pcmu", "pcma")
-            and self.sample_rate != 8000
-        ):
-            raise _FieldError(
-                "codec",
-                f'{self.codec} (G.711) is 8000 Hz only; use codec = "l16" for {self.sample_rate} Hz',
-            )
-        if self.encapsulation == "plivo" and self.codec == "pcma":
-            # Plivo's playAudio takes audio/x-l16 or audio/x-mulaw only (PROTOCOLS.md §4).
-            raise _FieldError(
-                "codec", '"pcma": Plivo has no A-law; use codec = "pcmu" or "l16" with encapsulation "plivo"'
-            )
+        spec = dialect(self.encapsulation)
+        try:
+            spec.resolve_format(self.codec, self.sample_rate)
+        except FormatError as exc:
+            raise _FieldError(exc.field, exc.message) from None
+        assert spec.app_leg is not None  # encapsulations() lists only these
+        _dialect_options("options", spec.app_leg.resolve_options, self.options)
 
 
 class CallbackConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -975,6 +1012,8 @@ class RouteConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     name: str
     match: MatchConfig
     carrier: Carrier | None = None
+    #: The carrier's own keys (its registry entry's ``call_leg.options``).
+    carrier_options: DialectOptions = {}
     app: AppConfig
     callback: CallbackConfig | None = None
     auth: AuthConfig | None = None
@@ -990,20 +1029,35 @@ class RouteConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
                 "name", f"must be letters, digits, '_', '.' or '-', got {self.name!r}"
             )
         ws = self.match.listener == "websocket"
+        names = carriers()
         if ws and self.carrier is None:
-            raise _FieldError(
-                "carrier", 'is required for websocket routes: "twilio", "telnyx" or "plivo"'
-            )
+            listed = ", ".join(f'"{n}"' for n in names)
+            raise _FieldError("carrier", f"is required for websocket routes: {listed}")
         if not ws and self.carrier is not None:
             raise _FieldError(
                 "carrier",
                 f'only websocket routes have a carrier, this one is "{self.match.listener}"',
             )
+        if not ws and self.carrier_options:
+            raise _FieldError("carrier_options", "only websocket routes have a carrier")
+        call_leg = None
+        if self.carrier is not None:
+            _one_of(carriers)("carrier", self.carrier)
+            call_leg = dialect(self.carrier).call_leg
+            assert call_leg is not None  # carriers() lists only these
+            _dialect_options("carrier_options", call_leg.resolve_options, self.carrier_options)
         if self.auth is not None:
             if not ws:
                 raise _FieldError("auth", "only websocket routes authenticate a handshake")
-            if self.auth.twilio_auth_token and self.carrier != "twilio":
-                raise _FieldError("auth.twilio_auth_token", 'only applies to carrier = "twilio"')
+            if self.auth.twilio_auth_token and (call_leg is None or not call_leg.signs_handshake):
+                signers = [
+                    n for n in names if (leg := dialect(n).call_leg) and leg.signs_handshake
+                ]
+                raise _FieldError(
+                    "auth.twilio_auth_token",
+                    "only applies to a carrier that signs its handshake: "
+                    + ", ".join(f'carrier = "{n}"' for n in signers),
+                )
             if self.auth.public_url and not self.auth.twilio_auth_token:
                 raise _FieldError(
                     "auth.public_url",
@@ -1081,15 +1135,17 @@ def match_route(
     path: str = "",
     headers: Mapping[str, str] | None = None,
     query: Mapping[str, str] | None = None,
+    subprotocols: Sequence[str] = (),
 ) -> RouteConfig | None:
     """The first route, in file order, that takes a call with these properties, or None.
 
     ``path`` is the request path without the query string (one is stripped if present);
-    header names compare case-insensitively, query names and all values exactly.
+    header names compare case-insensitively, query names, subprotocols and all values
+    exactly.
     """
     path = path.partition("?")[0]
     for route in config.routes:
-        if route.match.matches(listener, path, headers, query):
+        if route.match.matches(listener, path, headers, query, subprotocols):
             return route
     return None
 

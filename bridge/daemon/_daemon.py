@@ -23,7 +23,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, assert_never, cast
 
@@ -479,8 +479,9 @@ class Daemon:
         path: str = "",
         headers: dict[str, str] | None = None,
         query: dict[str, str] | None = None,
+        subprotocols: Sequence[str] = (),
     ) -> RouteConfig | None:
-        return match_route(self.config, listener, path, headers, query)
+        return match_route(self.config, listener, path, headers, query, subprotocols)
 
     def check_admission(self) -> None:
         """The one admission check (``CallAdmission``): draining, then the stream
@@ -934,6 +935,7 @@ def _dial_out(daemon: Daemon, route: RouteConfig, scfg: StreamConfig, stream_id:
         codec=app.codec,
         route=route.name,
         headers=dict(app.headers),
+        options=dict(app.options),
         ca_file=app.ca_file,
         ptime_ms=round(scfg.ptime_s * 1000),
         connect_timeout_s=scfg.connect_timeout_s,

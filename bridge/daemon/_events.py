@@ -469,7 +469,7 @@ class StreamRecord:
     lateness_max_ms: float = 0.0
     jitter: Mapping[str, int] = attrs.field(factory=dict, converter=_convert_jitter)
     #: What the playout policy did to the app's audio: trims, trimmed_frames, trimmed_ms,
-    #: holds, grace_sends, early_sends, skipped_slots.
+    #: holds, grace_sends, early_sends, skipped_slots, flow_pauses.
     playout: Mapping[str, int] = attrs.field(factory=dict, converter=_convert_counts)
     events: tuple[Mapping[str, Any], ...] = attrs.field(factory=tuple, converter=_convert_log)
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
 
 from .._errors import StreamRefused, TransportError
-from ..dialects._rtp import RtpSession
+from ..dialects import FormatError, RtpSession, call_leg_for
 from ..streams._rtpleg import RtpCallLeg, format_address
 from ..transports import UdpPortPool, parse_host_port
 from ._admission import CallAdmission
@@ -33,8 +33,9 @@ __all__ = ["LISTENER", "RtpOpener", "open_rtp_opener", "parse_remote", "rtp_open
 
 logger = logging.getLogger("bridge.daemon.rtp")
 
-LISTENER = "rtp"
-CODECS = ("pcmu", "pcma", "l16")
+LISTENER: Final = "rtp"
+#: The dialect of this listener, from the registry: its codecs and rates.
+SPEC = call_leg_for(LISTENER)
 
 
 def parse_remote(value: str) -> tuple[str, int]:
@@ -143,26 +144,29 @@ class RtpOpener:
             raise ValueError("call_id is required")
         name = request.get("route")
         if not isinstance(name, str) or not name:
-            raise ValueError('route is required (the name of a route with listener = "rtp")')
+            raise ValueError(
+                f'route is required (the name of a route with listener = "{LISTENER}")'
+            )
         route = self.admission.config.route_by_name(name)
         if route is None:
             raise ValueError(f"unknown route {name!r}")
         if route.match.listener != LISTENER:
             raise ValueError(
-                f"route {name!r} takes {route.match.listener} calls, not rtp"
-                ' (its match.listener must be "rtp")'
+                f"route {name!r} takes {route.match.listener} calls, not {LISTENER}"
+                f' (its match.listener must be "{LISTENER}")'
             )
-        codec = request.get("codec", "pcmu")
-        if codec not in CODECS:
-            raise ValueError(f"codec {codec!r}: expected one of {', '.join(CODECS)}")
+        codec = request.get("codec", SPEC.default_codec())
+        codecs = SPEC.codecs()
+        if codec not in codecs:
+            raise ValueError(f"codec {codec!r}: expected one of {', '.join(codecs)}")
         rate = request.get("sample_rate", 8000)
         if not isinstance(rate, int) or rate <= 0:
             raise ValueError(f"sample_rate {rate!r}: expected a positive integer")
-        if codec != "l16" and rate != 8000:
-            raise ValueError(
-                f"{codec} (G.711) has an 8000 Hz RTP clock (RFC 3551), not {rate};"
-                ' use codec "l16" for other rates'
-            )
+        try:
+            # G.711 has an 8000 Hz RTP clock (RFC 3551); L16 the rates the spec lists.
+            SPEC.resolve_format(codec, rate)
+        except FormatError as exc:
+            raise ValueError(f"{exc.message} (RFC 3551)") from None
         ptime = request.get("ptime", 20)
         if not isinstance(ptime, int) or not 10 <= ptime <= 60 or ptime % 10:
             raise ValueError(f"ptime {ptime!r}: expected 10, 20, 30, 40, 50 or 60 (ms)")

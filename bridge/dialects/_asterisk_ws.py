@@ -73,7 +73,7 @@ App -> Asterisk (the app role's ``send``)
   (needed with the ``n`` dial option; without it Asterisk answered before
   ``MEDIA_START`` [AST websocket_handoff_to_channel, LIVE]), ``start_media_buffering()``,
   ``stop_media_buffering(id)``, ``report_queue_drained()``, ``pause_media()``,
-  ``continue_media()``.
+  ``continue_media()``; ``accept()`` gives the ``ANSWER`` of an ``answer=True`` role.
 
 Marks and clear (Design implications 2 and 3)
 ---------------------------------------------
@@ -102,6 +102,7 @@ limit, ``PAUSE_MEDIA`` (recorded in ``media_paused`` only), passthrough codecs.
 
 from __future__ import annotations
 
+import uuid
 import zlib
 from collections.abc import Mapping
 from typing import Any, Final, Literal
@@ -134,6 +135,7 @@ from ._events import (
     Connected,
     Drained,
     Dtmf,
+    Error,
     Event,
     FlowControl,
     Hangup,
@@ -146,7 +148,18 @@ from ._events import (
     mark_text,
 )
 from ._marks import PendingMarks
-from ._spec import Capabilities, ChunkRule, DialectSpec, WireFormat
+from ._spec import (
+    AppLeg,
+    AppParams,
+    CallLeg,
+    Capabilities,
+    ChunkRule,
+    DialectSpec,
+    Option,
+    OptionValue,
+    PlatformParams,
+    WireFormat,
+)
 
 __all__ = [
     "FORMATS",
@@ -184,6 +197,17 @@ FORMATS: Final[Mapping[str, tuple[str, int]]] = {
     "slin192": ("l16le", 192000),
 }
 """Asterisk format name -> (bridge.media codec, sample rate) [AST codec_builtin.c]."""
+
+
+def _check_word(value: OptionValue) -> None:
+    text = f"{value}"
+    if not text or len(text) > 64 or any(c.isspace() for c in text):
+        raise ValueError(f"must be 1-64 characters without whitespace, got {value!r}")
+
+
+def _check_query_name(value: OptionValue) -> None:
+    if value:
+        _check_word(value)
 
 
 def _codec(name: str) -> Codec | None:
@@ -238,6 +262,59 @@ SPEC: Final = DialectSpec(
         hangup=True,
         resume=False,
     ),
+    call_leg=CallLeg(
+        listener="websocket",
+        far_side_buffers=True,
+        hangup_on_close=True,
+        path="/asterisk",
+        options=(
+            Option(
+                "answer",
+                bool,
+                False,
+                "the dial string has the n option (no auto-answer): bridge sends ANSWER "
+                "once it has taken the call",
+            ),
+            Option(
+                "call_id_query",
+                str,
+                "",
+                "the query parameter of the upgrade URL (set with the dial option v()) "
+                "that carries the call id; empty: the channel_id of MEDIA_START",
+                check=_check_query_name,
+            ),
+            Option(
+                "command_format",
+                str,
+                "auto",
+                "the form of bridge's commands: as MEDIA_START came (auto), or forced to "
+                "the channel's f() option",
+                choices=("auto", "json", "plain-text"),
+            ),
+        ),
+    ),
+    app_leg=AppLeg(
+        default_codec="l16",
+        options=(
+            Option(
+                "control_format",
+                str,
+                "plain-text",
+                "the form of events and commands, as the f() dial option (Asterisk's "
+                "default is plain-text)",
+                choices=("plain-text", "json"),
+            ),
+            Option(
+                "connection_id",
+                str,
+                "bridge",
+                "the connection_id of MEDIA_START (the websocket_client.conf section)",
+                check=_check_word,
+            ),
+        ),
+    ),
+    make_platform=f"{__name__}:platform_role",
+    make_app=f"{__name__}:app_role",
 )
 """The frame of ``send_rule`` is per call: the ``optimal_frame_size`` of ``MEDIA_START``
 (``AsteriskWsApp.optimal_frame_size``)."""
@@ -401,10 +478,19 @@ class AsteriskWsApp:
 
     ``command_format``: ``"auto"`` answers in the form of ``MEDIA_START``; ``"json"`` or
     ``"plain-text"`` force one (it must match the channel's ``f()`` option: Asterisk
-    parses commands in that format only).
+    parses commands in that format only). ``call_id``: the call id ``Start`` carries
+    (e.g. a ``v()`` parameter of the upgrade URL) instead of ``channel_id`` (which stays
+    the stream id). ``answer``: :meth:`accept` gives ``ANSWER`` (the ``n`` dial option).
+    ``pad_partial_frames``: a media message shorter than ``optimal_frame_size`` (the
+    last piece of a playback) is padded with silence to a whole frame, as Asterisk pads
+    the short frames it is sent [AST webchan_read], so that the audio passed on keeps a
+    frame per ptime.
     """
 
     command_format: str = attrs.field(default="auto", validator=_check_command_format)
+    call_id: str | None = None
+    answer: bool = False
+    pad_partial_frames: bool = False
     stats: AsteriskWsStats = attrs.field(factory=AsteriskWsStats, init=False)
     marks: PendingMarks = attrs.field(factory=PendingMarks, init=False)
     channel_id: str | None = attrs.field(default=None, init=False)
@@ -445,8 +531,12 @@ class AsteriskWsApp:
             return []
         stats.media_messages += 1
         stats.media_bytes += n
-        if n != self.optimal_frame_size:
+        size = self.optimal_frame_size
+        if n != size:
             stats.partial_frames += 1  # e.g. the last 276 bytes of a playback [LIVE]
+            if self.pad_partial_frames and size is not None and n < size:
+                pcm = codec.decode(message) + bytes((size - n) // codec.width * 2)
+                return [Audio(Frame(pcm, codec.sample_rate))]
         return [Audio(Frame(codec.decode(message), codec.sample_rate))]
 
     def _text(self, text: str) -> list[Event]:
@@ -535,7 +625,7 @@ class AsteriskWsApp:
             metadata["channel_variables"] = dict(msg.channel_variables)
         return Start(
             stream_id=msg.channel_id,
-            call_id=msg.channel_id,
+            call_id=self.call_id or msg.channel_id,
             sample_rate=codec.sample_rate,
             encoding=msg.format,
             metadata=metadata,
@@ -612,9 +702,15 @@ class AsteriskWsApp:
         self._tx_rest = data[whole:]
         return [data[:whole]] if whole else []
 
-    def answer(self) -> Message:
+    def answer_command(self) -> Message:
         """``ANSWER``: needed when Asterisk dialled with the ``n`` option."""
         return self._command("ANSWER")
+
+    def accept(self) -> list[Message]:
+        """What bridge sends once it has taken the call (after ``MEDIA_START``): ``ANSWER``
+        when :attr:`answer` is set (the ``n`` dial option), else nothing: without ``n``
+        Asterisk answered before ``MEDIA_START`` [AST websocket_handoff_to_channel, LIVE]."""
+        return [self.answer_command()] if self.answer else []
 
     def start_media_buffering(self) -> Message:
         """``START_MEDIA_BUFFERING``: partial frames are carried over until stopped."""
@@ -859,6 +955,8 @@ class AsteriskWsPlatform:
     def _stop_buffering(self, correlation_id: str) -> list[Event]:
         out: list[Event] = []
         leftover, self._leftover = self._leftover, b""
+        # A torn last sample cannot be played (wire codecs take whole samples only).
+        leftover = leftover[: len(leftover) - len(leftover) % self._codec.width]
         if leftover:
             # At STOP_MEDIA_BUFFERING the remainder goes out as a short frame [AST].
             self.stats.frames_received += 1
@@ -899,7 +997,7 @@ class AsteriskWsPlatform:
             return [self._nodata("QUEUE_DRAINED")]
         if isinstance(event, Stats):
             return [self._status(event)]
-        if isinstance(event, Connected | Cleared | Stop):
+        if isinstance(event, Connected | Cleared | Stop | Error):
             # No greeting but MEDIA_START; FLUSH_MEDIA has no answer; the end is a close.
             return []
         raise _other_role("AsteriskWsPlatform", event)
@@ -984,3 +1082,43 @@ class AsteriskWsPlatform:
             f"xon_level:{_XON_LEVEL} xoff_level:{_XOFF_LEVEL} queue_full:{word(full)} "
             f"bulk_media:{word(self.buffering)} media_paused:{word(self.media_paused)}"
         )
+
+
+def _channel_id(params: PlatformParams) -> str:
+    """The emulated channel_id: the call id when plain text can carry it, else the
+    stream id's (a uniqueid has no spaces, and neither may anything in plain text)."""
+    for value in (params.call_id, params.stream_id):
+        if value and len(value) <= 64 and not any(c.isspace() for c in value):
+            return value
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, params.stream_id))
+
+
+def platform_role(params: PlatformParams) -> AsteriskWsPlatform:
+    """bridge as Asterisk ``chan_websocket`` toward an app (``SPEC.make_platform``): the
+    channel's format is the route's codec at its rate (``slin16``, ``ulaw``, ...)."""
+    fmt = SPEC.resolve_format(params.codec, params.sample_rate)
+    options = params.options
+    return AsteriskWsPlatform(
+        _channel_id(params),
+        connection_id=str(options.get("connection_id") or "bridge"),
+        format=fmt.name,
+        control_format=str(options.get("control_format") or "plain-text"),
+        channel_variables={"BRIDGE_STREAM_ID": params.stream_id, "BRIDGE_CALL_ID": params.call_id},
+        ptime_ms=params.ptime_ms,
+    )
+
+
+def app_role(params: AppParams) -> AsteriskWsApp:
+    """bridge's call leg toward Asterisk (``SPEC.make_app``), or an app written for
+    ``chan_websocket`` (``bridge echo-server``). As a call leg: the call id from the
+    ``call_id_query`` parameter when configured and present, ``ANSWER`` with ``answer``,
+    partial frames padded."""
+    options = params.options
+    query_name = str(options.get("call_id_query") or "")
+    call_id = params.query.get(query_name) if query_name else None
+    return AsteriskWsApp(
+        command_format=str(options.get("command_format") or "auto"),
+        call_id=call_id or None,
+        answer=bool(options.get("answer", False)),
+        pad_partial_frames=True,
+    )

@@ -37,6 +37,15 @@ from .._errors import DialectError, UnsupportedMessage
 from ..media import Frame
 from ._events import Audio, Dtmf, Event, Hangup, Message, Start, Stop
 from ._sln import DTMF_DIGITS
+from ._spec import (
+    AppLeg,
+    CallLeg,
+    Capabilities,
+    ChunkRule,
+    DialectSpec,
+    PlatformParams,
+    WireFormat,
+)
 
 __all__ = [
     "AUDIO_KIND_RATES",
@@ -48,6 +57,7 @@ __all__ = [
     "KIND_SILENCE",
     "KIND_UUID",
     "RATE_AUDIO_KINDS",
+    "SPEC",
     "AudioSocketApp",
     "AudioSocketPlatform",
     "audio_kind",
@@ -80,6 +90,53 @@ AUDIO_KIND_RATES: Final[Mapping[int, int]] = {
 
 RATE_AUDIO_KINDS: Final[Mapping[int, int]] = {rate: kind for kind, rate in AUDIO_KIND_RATES.items()}
 """Sample rate -> audio kind."""
+
+SPEC: Final = DialectSpec(
+    name=DIALECT,
+    platform=f"{__name__}:AudioSocketPlatform",
+    app=f"{__name__}:AudioSocketApp",
+    dialer="platform",
+    subprotocol=None,
+    greets_first="platform",
+    start=("UUID (kind 0x01)",),
+    stop=(
+        "Asterisk closes the TCP connection (it never sends 0x00); the server sends "
+        "00 00 00 or closes"
+    ),
+    formats=tuple(
+        WireFormat("slin" if rate == 8000 else f"slin{rate // 1000}", "l16le", rate)
+        for rate in AUDIO_KIND_RATES.values()
+    ),
+    default_format="slin",
+    format_choice="Asterisk: the channel's slin rate, in the kind of every audio frame",
+    ptime_ms=20,
+    # Asterisk writes each server message to the channel as one frame, on arrival: the
+    # server paces (any size is taken; a real-time frame per message is the rule).
+    send_rule=ChunkRule(frames="any", multiple_of_bytes=2, min_bytes=2, max_bytes=0xFFFE),
+    capabilities=Capabilities(
+        marks="none",
+        marks_on_clear="none",
+        settles_marks=False,
+        clear=False,
+        cleared_ack=False,
+        dtmf_in=True,
+        dtmf_out=False,
+        flow_control=False,
+        drained=False,
+        stats=False,
+        hangup=True,
+        resume=False,
+    ),
+    transport="tcp",
+    call_leg=CallLeg(listener="audiosocket", far_side_buffers=False, hangup_on_close=True),
+    app_leg=AppLeg(default_codec="l16"),
+    # Over a WebSocket app leg: AudioSocket frames in BINARY, sln control in TEXT.
+    make_platform="bridge.dialects._encapsulated:audiosocket_platform",
+    make_app="bridge.dialects._encapsulated:audiosocket_app",
+    make_native_platform=f"{__name__}:native_platform",
+)
+"""Capabilities are the TCP wire's; the WebSocket encapsulation adds sln's TEXT control
+(marks, clear, stats, ...) beside the AudioSocket frames."""
 
 # Indexed by kind - 0x10 on the per-frame path (a tuple index beats a dict lookup).
 _RATES: Final = tuple(AUDIO_KIND_RATES[k] for k in range(0x10, 0x19))
@@ -365,3 +422,9 @@ class AudioSocketPlatform(_Parser):
 
     def send_audio(self, pcm: bytes) -> bytes:
         return _audio_frames(_KINDS_BY_RATE[self.sample_rate], pcm)
+
+
+def native_platform(params: PlatformParams) -> AudioSocketPlatform:
+    """Asterisk over TCP (``bridge call``): AudioSocket has one id, a UUID, for the call
+    and the stream; ``params.stream_id`` must be one."""
+    return AudioSocketPlatform(params.stream_id, params.sample_rate)

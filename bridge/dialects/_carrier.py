@@ -9,9 +9,10 @@ times:
   :class:`~bridge.DialectError` (bad JSON, not an object, no ``event``, unknown event, an
   event that flows the other way, a missing/extra/mistyped field). It never lets another
   exception out: a hostile peer must not crash anything above the dialect.
-* :class:`Codec`: G.711 µ-law/A-law and L16 in either byte order, to and from the PCM16
-  little-endian that :class:`~bridge.media.Frame` holds (stdlib ``audioop``, the fastest
-  option measured in PERFORMANCE.md).
+* :class:`Codec`: one of ``bridge.media``'s codecs (G.711 µ-law/A-law, L16 in either byte
+  order) under the wire's own name and at the stream's rate. The codecs themselves are
+  implemented once, in ``bridge.media`` (``audioop``, the fastest option measured in
+  PERFORMANCE.md); this module only names them.
 * base64 payloads, counters and DTMF digits parsed with dialect-named errors, JSON
   helpers for the pre-built per-frame message templates, and :class:`CarrierStats`.
 
@@ -21,7 +22,6 @@ Pure code: no sockets, no tasks, no clocks.
 from __future__ import annotations
 
 import binascii
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Generic, TypeVar
 
@@ -29,13 +29,8 @@ import attrs
 import msgspec
 
 from .._errors import DialectError, UnsupportedMessage
-from ..media import Frame
-
-with warnings.catch_warnings():
-    # audioop is deprecated on 3.11/3.12 and provided by the audioop-lts package on 3.13+
-    # (a dependency there); it is still the fastest G.711 codec by far (PERFORMANCE.md).
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from ..media import L16_BE, L16_LE, PCMA, PCMU, Frame
+from ..media import Codec as MediaCodec
 
 __all__ = [
     "DTMF_DIGITS",
@@ -53,6 +48,7 @@ __all__ = [
     "pcmu_codec",
     "short",
     "to_int",
+    "wire_codec",
 ]
 
 T = TypeVar("T")
@@ -109,36 +105,15 @@ def parse_digit(dialect: str, digit: str) -> str:
 # --------------------------------------------------------------------------- codecs
 
 
-def _ulaw_decode(data: bytes) -> bytes:
-    return audioop.ulaw2lin(data, 2)
-
-
-def _ulaw_encode(pcm: bytes) -> bytes:
-    return audioop.lin2ulaw(pcm, 2)
-
-
-def _alaw_decode(data: bytes) -> bytes:
-    return audioop.alaw2lin(data, 2)
-
-
-def _alaw_encode(pcm: bytes) -> bytes:
-    return audioop.lin2alaw(pcm, 2)
-
-
-def _swap16(data: bytes) -> bytes:
-    return audioop.byteswap(data, 2)
-
-
-def _same(data: bytes) -> bytes:
-    return data
-
-
 @attrs.frozen(slots=True)
 class Codec:
-    """One wire audio format and the conversions to and from PCM16 little-endian.
+    """A ``bridge.media`` codec as one wire carries it: under the wire's ``name``
+    (``PCMU``, ``audio/x-mulaw``, ``slin16``, ...) and at the stream's ``sample_rate``.
 
-    ``name`` is the carrier's spelling (``PCMU``, ``audio/x-mulaw``, ...). ``width`` is the
-    number of wire bytes per sample: a 2-byte format must arrive in whole samples.
+    ``width`` is the number of wire bytes per sample: a 2-byte format must arrive in whole
+    samples, and every caller checks that before ``decode``/``encode`` (and raises its
+    own error): they are the media codec's ``decode_whole``/``encode_whole``, copied here
+    so that the per-frame call is one attribute load.
     """
 
     name: str
@@ -148,14 +123,21 @@ class Codec:
     encode: Callable[[bytes], bytes] = attrs.field(repr=False)
 
 
+def wire_codec(name: str, codec: MediaCodec, sample_rate: int) -> Codec:
+    """``codec`` under the wire's ``name`` at ``sample_rate``."""
+    return Codec(
+        name, sample_rate, codec.bytes_per_sample, codec.decode_whole, codec.encode_whole
+    )
+
+
 def pcmu_codec(name: str) -> Codec:
     """G.711 µ-law at 8000 Hz (the only rate G.711 has)."""
-    return Codec(name, 8000, 1, _ulaw_decode, _ulaw_encode)
+    return wire_codec(name, PCMU, 8000)
 
 
 def pcma_codec(name: str) -> Codec:
     """G.711 A-law at 8000 Hz."""
-    return Codec(name, 8000, 1, _alaw_decode, _alaw_encode)
+    return wire_codec(name, PCMA, 8000)
 
 
 def l16_codec(name: str, sample_rate: int, byteorder: str) -> Codec:
@@ -165,9 +147,9 @@ def l16_codec(name: str, sample_rate: int, byteorder: str) -> Codec:
     big-endian (RFC 3551 §4.5.11; Telnyx per pipecat), Plivo's is UNCONFIRMED.
     """
     if byteorder == "big":
-        return Codec(name, sample_rate, 2, _swap16, _swap16)
+        return wire_codec(name, L16_BE, sample_rate)
     if byteorder == "little":
-        return Codec(name, sample_rate, 2, _same, _same)
+        return wire_codec(name, L16_LE, sample_rate)
     raise ValueError(f'l16 byte order must be "little" or "big", not {byteorder!r}')
 
 

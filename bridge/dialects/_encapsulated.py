@@ -43,6 +43,7 @@ from ._audiosocket import AudioSocketApp, AudioSocketPlatform, audio_kind
 from ._events import Audio, Event, Message, Start
 from ._rtp import ENCODING_NAMES, Codec, RtpSession
 from ._sln import SlnApp, SlnPlatform
+from ._spec import AppParams, PlatformParams
 
 __all__ = [
     "STREAM_UUID_NAMESPACE",
@@ -50,6 +51,10 @@ __all__ = [
     "AudioSocketWsPlatform",
     "RtpWsApp",
     "RtpWsPlatform",
+    "audiosocket_app",
+    "audiosocket_platform",
+    "rtp_app",
+    "rtp_platform",
     "stream_uuid",
 ]
 
@@ -258,18 +263,21 @@ class RtpWsPlatform:
 
 @attrs.define(slots=True, init=False)
 class RtpWsApp:
-    """An app's side of RTP-over-WebSocket: ``RtpWsApp(codec="pcmu", sample_rate=8000,
+    """An app's side of RTP-over-WebSocket: ``RtpWsApp(codec=None, sample_rate=8000,
     ptime_ms=20, *, payload_type=None, dtmf_payload_type=101, ssrc=None, ...)``.
 
-    The ``start`` message must announce this codec and rate (``DialectError`` otherwise).
+    With a ``codec``, the ``start`` message must announce it and this rate
+    (``DialectError`` otherwise). Without one (``None``), the session takes the codec
+    (``PCMU``/``PCMA``/``L16``) and rate that ``start`` announces.
     """
 
     control: SlnApp
-    media: RtpSession
+    _media: RtpSession | None
+    _session_args: dict[str, int | None]
 
     def __init__(
         self,
-        codec: Codec = "pcmu",
+        codec: Codec | None = None,
         sample_rate: int = 8000,
         ptime_ms: int = 20,
         *,
@@ -279,17 +287,27 @@ class RtpWsApp:
         initial_seq: int | None = None,
         initial_timestamp: int | None = None,
     ) -> None:
-        media = RtpSession(
-            codec,
-            sample_rate,
-            payload_type=payload_type,
-            dtmf_payload_type=dtmf_payload_type,
-            ssrc=ssrc,
-            ptime_ms=ptime_ms,
-            initial_seq=initial_seq,
-            initial_timestamp=initial_timestamp,
+        args: dict[str, int | None] = {
+            "payload_type": payload_type,
+            "dtmf_payload_type": dtmf_payload_type,
+            "ssrc": ssrc,
+            "ptime_ms": ptime_ms,
+            "initial_seq": initial_seq,
+            "initial_timestamp": initial_timestamp,
+        }
+        media = None if codec is None else _session(codec, sample_rate, args)
+        self.__attrs_init__(
+            control=SlnApp(encoding=None if codec is None else ENCODING_NAMES[codec]),
+            media=media,
+            session_args=args,
         )
-        self.__attrs_init__(control=SlnApp(encoding=ENCODING_NAMES[codec]), media=media)
+
+    @property
+    def media(self) -> RtpSession:
+        """The RTP session (``DialectError`` before ``start`` chose its codec)."""
+        if self._media is None:
+            raise DialectError("rtp", "no RTP session before the start message")
+        return self._media
 
     @property
     def unknown_events(self) -> int:
@@ -302,19 +320,28 @@ class RtpWsApp:
     def receive(self, message: Message) -> list[Event]:
         if isinstance(message, str):
             events = self.control.receive(message)
-            if (
-                events
-                and isinstance(events[0], Start)
-                and events[0].sample_rate != self.media.sample_rate
-            ):
-                raise DialectError(
-                    "rtp",
-                    f"start announces {events[0].sample_rate} Hz, this session runs at {self.media.sample_rate} Hz",
-                )
+            if events and isinstance(events[0], Start):
+                self._started(events[0])
             return events
-        if not self.control.started:
+        if not self.control.started or self._media is None:
             raise DialectError("rtp", "binary message before the start message")
-        return self.media.receive(message)
+        return self._media.receive(message)
+
+    def _started(self, start: Start) -> None:
+        media = self._media
+        if media is None:
+            codec = _CODEC_OF.get(start.encoding.upper())
+            if codec is None:
+                raise DialectError("rtp", f"start announces encoding {start.encoding!r}")
+            try:
+                self._media = _session(codec, start.sample_rate, self._session_args)
+            except ValueError as exc:
+                raise DialectError("rtp", str(exc)) from None
+        elif start.sample_rate != media.sample_rate:
+            raise DialectError(
+                "rtp",
+                f"start announces {start.sample_rate} Hz, this session runs at {media.sample_rate} Hz",
+            )
 
     def send(self, event: Event) -> list[Message]:
         if isinstance(event, Audio):
@@ -323,3 +350,47 @@ class RtpWsApp:
 
     def send_audio(self, pcm: bytes) -> bytes:
         return self.media.send_audio(pcm)
+
+
+_CODEC_OF: Final[dict[str, Codec]] = {"PCMU": "pcmu", "PCMA": "pcma", "L16": "l16"}
+"""An encapsulation's start ``encoding`` (``ENCODING_NAMES``) -> the RTP codec."""
+assert all(_CODEC_OF[name] == codec for codec, name in ENCODING_NAMES.items())
+
+
+def _session(codec: Codec, sample_rate: int, args: dict[str, int | None]) -> RtpSession:
+    ptime = args["ptime_ms"]
+    return RtpSession(
+        codec,
+        sample_rate,
+        payload_type=args["payload_type"],
+        dtmf_payload_type=args["dtmf_payload_type"],
+        ssrc=args["ssrc"],
+        ptime_ms=20 if ptime is None else ptime,
+        initial_seq=args["initial_seq"],
+        initial_timestamp=args["initial_timestamp"],
+    )
+
+
+# ------------------------------------------------------------------------ factories
+# The registry builds the WebSocket roles of ``audiosocket`` and ``rtp`` with these
+# (their SPECs are in ``_audiosocket`` and ``_rtp``; the classes are here).
+
+
+def audiosocket_platform(params: PlatformParams) -> AudioSocketWsPlatform:
+    return AudioSocketWsPlatform(
+        params.stream_id, params.call_id, params.sample_rate, params.ptime_ms
+    )
+
+
+def audiosocket_app(params: AppParams) -> AudioSocketWsApp:
+    return AudioSocketWsApp()
+
+
+def rtp_platform(params: PlatformParams) -> RtpWsPlatform:
+    codec = _CODEC_OF[params.codec.upper()]
+    return RtpWsPlatform(params.stream_id, params.call_id, codec, params.sample_rate, params.ptime_ms)
+
+
+def rtp_app(params: AppParams) -> RtpWsApp:
+    codec = _CODEC_OF.get(params.codec.upper()) if params.codec else None
+    return RtpWsApp(codec)

@@ -40,6 +40,7 @@ __all__ = [
     "Connected",
     "Drained",
     "Dtmf",
+    "Error",
     "Event",
     "FlowControl",
     "Hangup",
@@ -169,6 +170,21 @@ class FlowControl:
 
 
 @attrs.frozen(slots=True)
+class Error:
+    """Platform -> app: a request of the app's could not be carried out. Not fatal: the
+    stream goes on.
+
+    ``code`` is a stable short name the app can act on (``"dtmf_unsupported"``: the call
+    leg has no way to send DTMF to the caller); ``message`` says it for humans. Each
+    app-leg dialect carries it in the form that fits it (sln: ``{"event":"error",...}``),
+    or not at all where its platform has no such message.
+    """
+
+    code: str
+    message: str = ""
+
+
+@attrs.frozen(slots=True)
 class StatsRequest:
     """App → platform: ask for a ``Stats`` answer (sln ``{"event":"stats"}``)."""
 
@@ -206,6 +222,7 @@ Event = (
     | Cleared
     | Drained
     | FlowControl
+    | Error
     | StatsRequest
     | Stats
     | Hangup

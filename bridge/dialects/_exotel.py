@@ -93,6 +93,7 @@ with ``strict_chunks=True``.
 from __future__ import annotations
 
 import binascii
+import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -129,6 +130,7 @@ from ._events import (
     Connected,
     Drained,
     Dtmf,
+    Error,
     Event,
     FlowControl,
     Hangup,
@@ -140,7 +142,18 @@ from ._events import (
     Stop,
 )
 from ._marks import PendingMarks
-from ._spec import Capabilities, ChunkRule, DialectSpec, WireFormat
+from ._spec import (
+    AppLeg,
+    AppParams,
+    CallLeg,
+    Capabilities,
+    ChunkRule,
+    DialectSpec,
+    Option,
+    OptionValue,
+    PlatformParams,
+    WireFormat,
+)
 
 __all__ = [
     "CHUNK_MAX_BYTES",
@@ -161,6 +174,16 @@ CHUNK_MIN_BYTES: Final = 3200
 CHUNK_MAX_BYTES: Final = 100_000
 _ENCODING: Final = "audio/x-raw"
 _b64: Final = binascii.b2a_base64
+
+def _check_min_chunk(value: OptionValue) -> None:
+    if not isinstance(value, int) or not CHUNK_MULTIPLE <= value <= CHUNK_MAX_BYTES or (
+        value % CHUNK_MULTIPLE
+    ):
+        raise ValueError(
+            f"must be a multiple of {CHUNK_MULTIPLE} from {CHUNK_MULTIPLE} to "
+            f"{CHUNK_MAX_BYTES}, got {value!r}"
+        )
+
 
 SPEC: Final = DialectSpec(
     name=_D,
@@ -196,6 +219,37 @@ SPEC: Final = DialectSpec(
         hangup=False,
         resume=False,
     ),
+    call_leg=CallLeg(
+        listener="websocket",
+        far_side_buffers=True,
+        hangup_on_close=False,
+        path="/exotel",
+        options=(
+            Option(
+                "min_chunk_bytes",
+                int,
+                CHUNK_MIN_BYTES,
+                "bridge's media messages to Exotel carry at least this many bytes (a "
+                "multiple of 320): Exotel asks for 3200, which holds back up to 180 ms at "
+                "8 kHz; 320 sends every 20 ms frame at once (UNCONFIRMED whether Exotel "
+                "enforces its minimum)",
+                check=_check_min_chunk,
+            ),
+        ),
+    ),
+    app_leg=AppLeg(
+        default_codec="l16",
+        options=(
+            Option(
+                "account_sid",
+                str,
+                "bridge",
+                "the account_sid in start and stop",
+            ),
+        ),
+    ),
+    make_platform=f"{__name__}:platform_role",
+    make_app=f"{__name__}:app_role",
 )
 """``formats`` differ by rate only (all are ``audio/x-raw``); ``ptime_ms`` is Exotel's
 ~100 ms chunk toward the app."""
@@ -702,7 +756,7 @@ class ExotelPlatform:
                 reason = "callended" if reason == "call_hangup" else "stopped"
             stop = {"call_sid": self.call_sid, "account_sid": self.account_sid, "reason": reason}
             return [self._message("stop", stop=stop)]
-        if isinstance(event, Cleared | Drained | Stats | FlowControl):
+        if isinstance(event, Cleared | Drained | Stats | FlowControl | Error):
             return []  # Exotel has no such messages
         raise _other_role("ExotelPlatform", event)
 
@@ -733,3 +787,26 @@ class ExotelPlatform:
                 },
             },
         )
+
+
+def _hex_id(value: str) -> str:
+    try:
+        return uuid.UUID(value).hex
+    except ValueError:
+        return value
+
+
+def platform_role(params: PlatformParams) -> ExotelPlatform:
+    """bridge as Exotel's Voicebot applet toward an app (``SPEC.make_platform``)."""
+    return ExotelPlatform(
+        _hex_id(params.stream_id),
+        _hex_id(params.call_id),
+        str(params.options.get("account_sid") or "bridge"),
+        sample_rate=params.sample_rate,
+    )
+
+
+def app_role(params: AppParams) -> ExotelApp:
+    """bridge's call leg toward Exotel, or an app written for it (``SPEC.make_app``)."""
+    chunk = params.options.get("min_chunk_bytes", CHUNK_MIN_BYTES)
+    return ExotelApp(min_chunk_bytes=int(chunk))

@@ -45,6 +45,7 @@ streamId/callId; ``encoding`` is ``audio/x-l16`` or ``audio/x-mulaw``.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final
 
 import attrs
@@ -80,6 +81,7 @@ from ._events import (
     Connected,
     Drained,
     Dtmf,
+    Error,
     Event,
     Hangup,
     Mark,
@@ -90,8 +92,19 @@ from ._events import (
     Stop,
     mark_text,
 )
+from ._spec import (
+    AppLeg,
+    AppParams,
+    CallLeg,
+    Capabilities,
+    ChunkRule,
+    DialectSpec,
+    Option,
+    PlatformParams,
+    WireFormat,
+)
 
-__all__ = ["CONTENT_TYPES", "PlivoApp", "PlivoPlatform"]
+__all__ = ["CONTENT_TYPES", "SPEC", "PlivoApp", "PlivoPlatform"]
 
 _D: Final = "plivo"
 _L16: Final = "audio/x-l16"
@@ -101,6 +114,73 @@ CONTENT_TYPES: Final = (
     "audio/x-l16;rate=16000",
     "audio/x-mulaw;rate=8000",
 )
+
+
+_BYTEORDER: Final = Option(
+    "l16_byteorder",
+    str,
+    "little",
+    "byte order of audio/x-l16 both ways (UNCONFIRMED by Plivo: little-endian is what "
+    "its SDKs and the pipecat serializer assume)",
+    choices=("little", "big"),
+)
+
+SPEC: Final = DialectSpec(
+    name=_D,
+    platform=f"{__name__}:PlivoPlatform",
+    app=f"{__name__}:PlivoApp",
+    dialer="platform",
+    subprotocol=None,
+    greets_first="platform",
+    start=("start",),
+    stop="no stop message is documented: the socket closes (Plivo retries a drop twice)",
+    formats=(
+        WireFormat("audio/x-l16;rate=8000", "l16le", 8000),
+        WireFormat("audio/x-l16;rate=16000", "l16le", 16000),
+        WireFormat("audio/x-mulaw;rate=8000", "pcmu", 8000),
+    ),
+    default_format="audio/x-l16;rate=8000",
+    format_choice="the <Stream> contentType, echoed in start.mediaFormat",
+    ptime_ms=20,
+    send_rule=ChunkRule(frames="any"),
+    capabilities=Capabilities(
+        marks="played",
+        marks_on_clear="dropped",
+        settles_marks=False,
+        clear=True,
+        cleared_ack=True,
+        dtmf_in=True,
+        dtmf_out=True,
+        flow_control=False,
+        drained=False,
+        stats=False,
+        hangup=False,
+        resume=True,
+    ),
+    call_leg=CallLeg(
+        listener="websocket",
+        far_side_buffers=True,
+        hangup_on_close=False,
+        path="/plivo",
+        options=(_BYTEORDER,),
+    ),
+    app_leg=AppLeg(
+        default_codec="pcmu",
+        options=(
+            _BYTEORDER,
+            Option(
+                "account_id",
+                str,
+                "",
+                "the accountId in start; empty: one derived from the route's name",
+            ),
+        ),
+    ),
+    make_platform=f"{__name__}:platform_role",
+    make_app=f"{__name__}:app_role",
+)
+"""Checkpoints discarded by clearAudio are never answered (``marks_on_clear``
+"dropped"): bridge answers them on ``clearedAudio`` (the Stream does, on ``Cleared``)."""
 
 
 def _codec(encoding: str, sample_rate: int, byteorder: str) -> Codec | str:
@@ -571,6 +651,20 @@ class PlivoPlatform:
             ]
         if isinstance(event, Start):
             return [self._start()]
+        if isinstance(event, Error):
+            # Plivo documents no error event toward the app: this one is bridge's, in
+            # Plivo's shape (an app that dispatches on "event" can ignore it).
+            return [
+                dumps(
+                    {
+                        "event": "error",
+                        "sequenceNumber": self._next_seq(),
+                        "streamId": self.stream_id,
+                        "error": event.code,
+                        "message": event.message,
+                    }
+                )
+            ]
         if isinstance(event, Connected | Stop | Drained | Stats):
             # No connected message on Plivo; no documented stop (the socket closes).
             return []
@@ -592,3 +686,36 @@ class PlivoPlatform:
                 "extra_headers": self.extra_headers,
             }
         )
+
+
+def _account_id(route: str) -> str:
+    # Plivo auth ids are MA + 18 upper-case letters and digits.
+    digest = hashlib.sha256(f"bridge-account:{route}".encode()).hexdigest()[:18]
+    return "MA" + digest.upper()
+
+
+def platform_role(params: PlatformParams) -> PlivoPlatform:
+    """bridge as Plivo toward an app (``SPEC.make_platform``). ``media.timestamp`` is
+    Unix time in ms, as Plivo documents it: ``params.wall_clock_ms`` plus the audio sent."""
+    fmt = SPEC.resolve_format(params.codec, params.sample_rate)
+    options = params.options
+    return PlivoPlatform(
+        params.stream_id,
+        params.call_id,
+        str(options.get("account_id") or "") or _account_id(params.route),
+        content_type=fmt.name,
+        l16_byteorder=str(options.get("l16_byteorder", "little")),
+        timestamp_base_ms=params.wall_clock_ms,
+    )
+
+
+def app_role(params: AppParams) -> PlivoApp:
+    """bridge's call leg toward Plivo, or an app written for Plivo (``SPEC.make_app``);
+    ``params.codec`` makes the app answer in that codec at 8000 Hz."""
+    content_type = None
+    if params.codec:
+        content_type = SPEC.resolve_format(params.codec, 8000).name
+    return PlivoApp(
+        l16_byteorder=str(params.options.get("l16_byteorder", "little")),
+        content_type=content_type,
+    )

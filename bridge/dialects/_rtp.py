@@ -39,23 +39,27 @@ from __future__ import annotations
 import collections
 import secrets
 import struct
-import warnings
 from collections.abc import Callable
 from typing import Final, Literal
 
 import attrs
 
 from .._errors import DialectError
-from ..media import Frame
+from ..media import PCMU, Frame, audioop, codec_for
 from ._events import Audio, Dtmf, Event, Message
-
-with warnings.catch_warnings():
-    # Deprecated in 3.11, removed in 3.13 (where the audioop-lts package provides it).
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from ._spec import (
+    AppLeg,
+    CallLeg,
+    Capabilities,
+    ChunkRule,
+    DialectSpec,
+    PlatformParams,
+    WireFormat,
+)
 
 __all__ = [
     "DEFAULT_PAYLOAD_TYPES",
+    "SPEC",
     "RtpApp",
     "RtpPlatform",
     "RtpSession",
@@ -70,6 +74,52 @@ DEFAULT_PAYLOAD_TYPES: Final = {"pcmu": 0, "pcma": 8, "l16": 96}
 
 ENCODING_NAMES: Final = {"pcmu": "PCMU", "pcma": "PCMA", "l16": "L16"}
 """RFC 3551 encoding names (``a=rtpmap``), as announced in an encapsulation's start."""
+
+L16_RATES: Final = (8000, 12000, 16000, 24000, 32000, 44100, 48000)
+"""L16 rates bridge offers on RTP (any rate is RTP; these are the ones worth naming)."""
+
+SPEC: Final = DialectSpec(
+    name=DIALECT,
+    platform=f"{__name__}:RtpSession",
+    app=f"{__name__}:RtpSession",
+    dialer="either",
+    subprotocol=None,
+    greets_first="none",
+    start=(),
+    stop="no message: the stream's life comes from signalling (SDP, POST/DELETE /v1/streams)",
+    formats=(
+        WireFormat("PCMU", "pcmu", 8000),
+        WireFormat("PCMA", "pcma", 8000),
+        *(WireFormat("L16", "l16be", rate) for rate in L16_RATES),
+    ),
+    default_format="PCMU",
+    format_choice="signalling: SDP, or the codec and sample_rate of POST /v1/streams",
+    ptime_ms=20,
+    send_rule=ChunkRule(frames="any", multiple_of_bytes=1),
+    capabilities=Capabilities(
+        marks="none",
+        marks_on_clear="none",
+        settles_marks=False,
+        clear=False,
+        cleared_ack=False,
+        dtmf_in=True,
+        dtmf_out=True,
+        flow_control=False,
+        drained=False,
+        stats=False,
+        hangup=False,
+        resume=False,
+    ),
+    transport="udp",
+    call_leg=CallLeg(listener="rtp", far_side_buffers=False, hangup_on_close=False),
+    app_leg=AppLeg(default_codec="pcmu"),
+    # Over a WebSocket app leg: RTP packets in BINARY, sln control in TEXT.
+    make_platform="bridge.dialects._encapsulated:rtp_platform",
+    make_app="bridge.dialects._encapsulated:rtp_app",
+    make_native_platform=f"{__name__}:native_platform",
+)
+"""Capabilities are the UDP wire's (DTMF both ways as RFC 4733); the WebSocket
+encapsulation adds sln's TEXT control beside the packets."""
 
 _HEADER: Final = struct.Struct("!BBHII")
 _DTMF_PACKET: Final = struct.Struct("!BBHIIBBH")
@@ -89,28 +139,6 @@ _DONE_KEYS: Final = 16  # how many finished (ssrc, timestamp) keys to remember
 
 def _random_bits(bits: int) -> int:
     return secrets.randbits(bits)
-
-
-def _decode_l16(payload: bytes) -> bytes:
-    if len(payload) & 1:
-        raise DialectError(DIALECT, f"L16 payload of {len(payload)} bytes is not whole samples")
-    return audioop.byteswap(payload, 2)  # big-endian on the wire (RFC 3551 §4.5.11)
-
-
-def _decoder(codec: Codec) -> Callable[[bytes], bytes]:
-    if codec == "pcmu":
-        return lambda payload: audioop.ulaw2lin(payload, 2)
-    if codec == "pcma":
-        return lambda payload: audioop.alaw2lin(payload, 2)
-    return _decode_l16
-
-
-def _encoder(codec: Codec) -> Callable[[bytes, int], bytes]:
-    if codec == "pcmu":
-        return audioop.lin2ulaw
-    if codec == "pcma":
-        return audioop.lin2alaw
-    return audioop.byteswap
 
 
 @attrs.define(slots=True, init=False)
@@ -146,8 +174,9 @@ class RtpSession:
     _seq: int = attrs.field(default=0)
     _ts: int = attrs.field(default=0)
     _marker: int = attrs.field(default=0x80)  # the first packet starts a talkspurt
-    _encode: Callable[[bytes, int], bytes] = attrs.field(default=audioop.lin2ulaw)
-    _decode: Callable[[bytes], bytes] = attrs.field(default=_decode_l16)
+    # The payload codec (bridge.media: G.711, or L16 big-endian per RFC 3551 §4.5.11).
+    _encode: Callable[[bytes, int], bytes] = attrs.field(default=PCMU.raw_encode)
+    _decode: Callable[[bytes], bytes] = attrs.field(default=PCMU.decode)
     # RFC 4733 receive state: the event in progress, and recently finished keys.
     _ev_key: tuple[int, int] | None = attrs.field(default=None)
     _ev_code: int = attrs.field(default=0)
@@ -190,8 +219,8 @@ class RtpSession:
             dtmf_timeout=_DTMF_TIMEOUT_8K * sample_rate // 8000,
             seq=(_random_bits(16) if initial_seq is None else initial_seq) & _SEQ_MASK,
             ts=(_random_bits(32) if initial_timestamp is None else initial_timestamp) & _TS_MASK,
-            encode=_encoder(codec),
-            decode=_decoder(codec),
+            encode=codec_for(codec).raw_encode,
+            decode=codec_for(codec).decode,
         )
 
     # ---------------------------------------------------------------------- sending
@@ -219,6 +248,7 @@ class RtpSession:
         if not pcm:
             return b""
         try:
+            # The codec's audioop function itself: the per-frame path saves a call.
             payload = self._encode(pcm, 2)
         except audioop.error:
             raise ValueError(f"PCM16 of odd length {len(pcm)}") from None
@@ -320,7 +350,13 @@ class RtpSession:
                 if 0 < (ts - end) & _TS_MASK < 0x80000000:
                     events.append(self._finish_event())
             if payload:
-                events.append(Audio(Frame(self._decode(payload), self.sample_rate), seq, ts))
+                try:
+                    pcm = self._decode(payload)
+                except ValueError:  # L16 only: G.711 is one byte per sample
+                    raise DialectError(
+                        DIALECT, f"L16 payload of {len(payload)} bytes is not whole samples"
+                    ) from None
+                events.append(Audio(Frame(pcm, self.sample_rate), seq, ts))
             return events
         if pt == self.dtmf_payload_type:
             return self._telephone_event(ssrc, ts, payload)
@@ -425,3 +461,11 @@ def _payload(message: bytes, b0: int) -> bytes:
 
 RtpPlatform = RtpSession
 RtpApp = RtpSession
+
+
+def native_platform(params: PlatformParams) -> RtpSession:
+    """An RTP peer over UDP (``bridge call``), in the resolved codec (``pcmu``/``pcma``/
+    ``l16``) and rate."""
+    codec = params.codec
+    assert codec in DEFAULT_PAYLOAD_TYPES
+    return RtpSession(codec, params.sample_rate, ptime_ms=params.ptime_ms)  # type: ignore[arg-type]

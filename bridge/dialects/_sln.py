@@ -42,6 +42,7 @@ from ._events import (
     Cleared,
     Drained,
     Dtmf,
+    Error,
     Event,
     Hangup,
     Mark,
@@ -51,9 +52,19 @@ from ._events import (
     StatsRequest,
     Stop,
 )
+from ._spec import (
+    AppLeg,
+    AppParams,
+    Capabilities,
+    ChunkRule,
+    DialectSpec,
+    PlatformParams,
+    WireFormat,
+)
 
 __all__ = [
     "DTMF_DIGITS",
+    "SPEC",
     "Role",
     "SlnApp",
     "SlnPlatform",
@@ -68,6 +79,46 @@ Role = Literal["platform", "app"]
 
 DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 """The sixteen DTMF keys (RFC 4733 events 0-15); ``flash`` is not a digit."""
+
+SPEC: Final = DialectSpec(
+    name=DIALECT,
+    platform=f"{__name__}:SlnPlatform",
+    app=f"{__name__}:SlnApp",
+    dialer="either",
+    subprotocol=None,
+    greets_first="platform",
+    start=("start",),
+    stop=(
+        "bridge sends stop {reason} and closes; the app sends hangup, or closes with 1000 "
+        "(any other close is an outage: bridge reconnects)"
+    ),
+    formats=tuple(
+        WireFormat("L16", "l16le", rate)
+        for rate in (8000, 12000, 16000, 24000, 32000, 44100, 48000)
+    ),
+    default_format="L16",
+    format_choice="the route's app.sample_rate, announced in start",
+    ptime_ms=20,
+    send_rule=ChunkRule(frames="any", multiple_of_bytes=2),
+    capabilities=Capabilities(
+        marks="played_or_cleared",
+        marks_on_clear="echoed",
+        settles_marks=False,
+        clear=True,
+        cleared_ack=True,
+        dtmf_in=True,
+        dtmf_out=True,
+        flow_control=False,
+        drained=True,
+        stats=True,
+        hangup=True,
+        resume=True,
+    ),
+    app_leg=AppLeg(default_codec="l16"),
+    make_platform=f"{__name__}:platform_role",
+    make_app=f"{__name__}:app_role",
+)
+"""bridge's own app-leg protocol: never a call leg (nothing dials bridge speaking it)."""
 
 # Sanity bounds on numbers an app-side decoder accepts from ``start``: enough for any
 # real telephony rate, small enough that a bogus value cannot make a buffer size explode.
@@ -131,6 +182,12 @@ class _StopMsg(_Msg, frozen=True, tag="stop"):
     reason: str | None = None
 
 
+class _ErrorMsg(_Msg, frozen=True, tag="error"):
+    # A request of the app's that could not be carried out; the stream goes on.
+    error: str
+    message: str = ""
+
+
 # app -> bridge ------------------------------------------------------------------------
 
 
@@ -156,7 +213,16 @@ class _Envelope(msgspec.Struct, frozen=True):
     event: str
 
 
-_ToApp = _StartMsg | _MarkMsg | _ClearedMsg | _DtmfDigitMsg | _DrainedMsg | _StatsMsg | _StopMsg
+_ToApp = (
+    _StartMsg
+    | _MarkMsg
+    | _ClearedMsg
+    | _DtmfDigitMsg
+    | _DrainedMsg
+    | _StatsMsg
+    | _StopMsg
+    | _ErrorMsg
+)
 _ToPlatform = _MarkMsg | _ClearMsg | _HangupMsg | _DtmfDigitsMsg | _StatsRequestMsg
 
 # Keyed by the *receiving* role.
@@ -166,7 +232,7 @@ _DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
 }
 _KNOWN: Final[dict[str, frozenset[str]]] = {
     "platform": frozenset({"mark", "clear", "hangup", "dtmf", "stats"}),
-    "app": frozenset({"start", "mark", "cleared", "dtmf", "drained", "stats", "stop"}),
+    "app": frozenset({"start", "mark", "cleared", "dtmf", "drained", "stats", "stop", "error"}),
 }
 _ENVELOPE: Final = msgspec.json.Decoder(_Envelope)
 _ENCODER: Final = msgspec.json.Encoder()
@@ -256,6 +322,8 @@ def _events(msg: _Msg) -> list[Event]:
         ]
     if isinstance(msg, _StopMsg):
         return [Stop(msg.reason)]
+    if isinstance(msg, _ErrorMsg):
+        return [Error(msg.error, msg.message)]
     raise AssertionError(f"unhandled sln message {msg!r}")  # pragma: no cover
 
 
@@ -265,7 +333,7 @@ def decode_control(text: str, role: Role) -> list[Event]:
     ``role="platform"`` decodes what an app sends (``mark``, ``clear``, ``hangup``,
     ``dtmf`` with ``digits`` -> one ``Dtmf`` per digit, ``stats`` -> ``StatsRequest``);
     ``role="app"`` decodes what bridge sends (``start``, ``mark``, ``cleared``,
-    ``dtmf``, ``drained``, ``stats``, ``stop``). Unknown events give ``[]``; use a
+    ``dtmf``, ``drained``, ``stats``, ``stop``, ``error``). Unknown events give ``[]``; use a
     connection object to have them counted. Malformed input raises ``DialectError``.
     """
     msg = _parse(text, role)
@@ -314,6 +382,8 @@ def encode_control(event: Event, role: Role, *, frame_ms: int = 20) -> str | Non
             )
         elif isinstance(event, Stop):
             msg = _StopMsg(reason=event.reason)
+        elif isinstance(event, Error):
+            msg = _ErrorMsg(error=event.code, message=event.message)
         else:
             return None
     elif isinstance(event, Clear):
@@ -474,3 +544,13 @@ class SlnApp:
     def send_audio(self, pcm: bytes) -> bytes:
         """PCM16LE as-is; any length (bridge re-frames what apps send)."""
         return pcm
+
+
+def platform_role(params: PlatformParams) -> SlnPlatform:
+    """bridge toward an sln app (``SPEC.make_platform``)."""
+    return SlnPlatform(params.stream_id, params.call_id, params.sample_rate, params.ptime_ms)
+
+
+def app_role(params: AppParams) -> SlnApp:
+    """An sln application (``SPEC.make_app``: ``bridge echo-server``)."""
+    return SlnApp()

@@ -98,6 +98,7 @@ from ._events import (
     Connected,
     Drained,
     Dtmf,
+    Error,
     Event,
     Hangup,
     Mark,
@@ -108,10 +109,61 @@ from ._events import (
     Stop,
     mark_text,
 )
+from ._spec import (
+    AppLeg,
+    AppParams,
+    CallLeg,
+    Capabilities,
+    ChunkRule,
+    DialectSpec,
+    PlatformParams,
+    WireFormat,
+)
 
-__all__ = ["RESYNC_GAP", "TelnyxApp", "TelnyxError", "TelnyxPlatform"]
+__all__ = ["RESYNC_GAP", "SPEC", "TelnyxApp", "TelnyxError", "TelnyxPlatform"]
 
 _D: Final = "telnyx"
+
+SPEC: Final = DialectSpec(
+    name=_D,
+    platform=f"{__name__}:TelnyxPlatform",
+    app=f"{__name__}:TelnyxApp",
+    dialer="platform",
+    subprotocol=None,
+    greets_first="platform",
+    start=("connected", "start"),
+    stop="Telnyx sends stop; the app ends the stream by closing (or through Call Control)",
+    formats=(
+        WireFormat("PCMU", "pcmu", 8000),
+        WireFormat("PCMA", "pcma", 8000),
+        WireFormat("L16", "l16be", 8000),
+        WireFormat("L16", "l16be", 16000),
+    ),
+    default_format="PCMU",
+    format_choice="the call's stream_bidirectional_codec/sampling_rate, in start.media_format",
+    ptime_ms=20,
+    send_rule=ChunkRule(frames="any", max_bytes=None),
+    capabilities=Capabilities(
+        marks="played_or_cleared",
+        marks_on_clear="echoed",
+        settles_marks=False,
+        clear=True,
+        cleared_ack=False,
+        dtmf_in=True,
+        dtmf_out=False,
+        flow_control=False,
+        drained=False,
+        stats=False,
+        hangup=False,
+        resume=True,
+    ),
+    call_leg=CallLeg(
+        listener="websocket", far_side_buffers=True, hangup_on_close=False, path="/telnyx"
+    ),
+    app_leg=AppLeg(default_codec="pcmu"),
+    make_platform=f"{__name__}:platform_role",
+    make_app=f"{__name__}:app_role",
+)
 
 RESYNC_GAP: Final = 500
 """A chunk this far (10 s of 20 ms chunks) behind the expected one restarts the numbering."""
@@ -701,7 +753,7 @@ class TelnyxPlatform:
                     }
                 )
             ]
-        if isinstance(event, Cleared | Drained | Stats):
+        if isinstance(event, Cleared | Drained | Stats | Error):
             # Telnyx answers a clear with the queued marks (sent as Mark events), nothing else.
             return []
         raise _other_role("TelnyxPlatform", event)
@@ -719,3 +771,15 @@ class TelnyxPlatform:
                 "payload": {"code": code, "title": title, "detail": detail},
             }
         )
+
+
+def platform_role(params: PlatformParams) -> TelnyxPlatform:
+    """bridge as Telnyx toward an app (``SPEC.make_platform``)."""
+    fmt = SPEC.resolve_format(params.codec, params.sample_rate)
+    return TelnyxPlatform(params.stream_id, params.call_id, fmt.name, params.sample_rate)
+
+
+def app_role(params: AppParams) -> TelnyxApp:
+    """bridge's call leg toward Telnyx, or an app written for Telnyx (``SPEC.make_app``);
+    ``params.codec`` makes the app answer in that codec (at 8000 Hz)."""
+    return TelnyxApp(codec=params.codec.upper() if params.codec else None)

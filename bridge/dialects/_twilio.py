@@ -47,6 +47,9 @@ dict). ``Start.stream_id``/``call_id`` are the streamSid/callSid; ``encoding`` i
 
 from __future__ import annotations
 
+import hashlib
+import re
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -81,6 +84,7 @@ from ._events import (
     Connected,
     Drained,
     Dtmf,
+    Error,
     Event,
     Hangup,
     Mark,
@@ -91,14 +95,105 @@ from ._events import (
     Stop,
     mark_text,
 )
+from ._spec import (
+    AppLeg,
+    AppParams,
+    CallLeg,
+    Capabilities,
+    ChunkRule,
+    DialectSpec,
+    Option,
+    OptionValue,
+    PlatformParams,
+    WireFormat,
+)
 
-__all__ = ["TwilioApp", "TwilioPlatform"]
+__all__ = ["SPEC", "TwilioApp", "TwilioPlatform", "twilio_sid"]
 
 _D: Final = "twilio"
 _RATE: Final = 8000
 _ENCODING: Final = "audio/x-mulaw"
 _PCMU: Final = pcmu_codec(_ENCODING)
 _TRACKS: Final = frozenset({"inbound", "outbound"})
+
+
+
+def _check_account_sid(value: OptionValue) -> None:
+    if value and not _SID.fullmatch(f"{value}"):
+        raise ValueError(f"a Twilio AccountSid is AC and 32 hex digits, got {value!r}")
+
+
+SPEC: Final = DialectSpec(
+    name=_D,
+    platform=f"{__name__}:TwilioPlatform",
+    app=f"{__name__}:TwilioApp",
+    dialer="platform",
+    subprotocol=None,
+    greets_first="platform",
+    start=("connected", "start"),
+    stop=(
+        "Twilio sends stop and closes; the app ends a <Connect><Stream> by closing the "
+        "socket (Twilio then runs the next TwiML verb)"
+    ),
+    formats=(WireFormat(_ENCODING, "pcmu", _RATE),),
+    default_format=_ENCODING,
+    format_choice="fixed: µ-law 8000 Hz mono (mediaFormat in start)",
+    ptime_ms=20,
+    send_rule=ChunkRule(frames="any"),
+    capabilities=Capabilities(
+        marks="played_or_cleared",
+        marks_on_clear="echoed",
+        settles_marks=False,
+        clear=True,
+        cleared_ack=False,
+        dtmf_in=True,
+        dtmf_out=False,
+        flow_control=False,
+        drained=False,
+        stats=False,
+        hangup=False,
+        resume=True,
+    ),
+    call_leg=CallLeg(
+        listener="websocket",
+        far_side_buffers=True,
+        hangup_on_close=False,
+        path="/twilio",
+        signs_handshake=True,
+    ),
+    app_leg=AppLeg(
+        default_codec="pcmu",
+        options=(
+            Option(
+                "account_sid",
+                str,
+                "",
+                "the AccountSid in start/stop (AC + 32 hex digits); empty: one derived "
+                "from the route's name, the same for every call of the route",
+                check=_check_account_sid,
+            ),
+        ),
+    ),
+    make_platform=f"{__name__}:platform_role",
+    make_app=f"{__name__}:app_role",
+)
+"""``resume``: a re-dial with the same streamSid/callSid within the route's
+``reconnect_window`` resumes the stream (Twilio itself never re-dials)."""
+
+_SID: Final = re.compile(r"(AC|MZ|CA)[0-9a-f]{32}")
+
+
+def twilio_sid(prefix: str, value: str) -> str:
+    """A Twilio SID (``prefix`` + 32 lowercase hex digits) for one of bridge's ids:
+    ``value`` itself when it already is one, the UUID's hex when it is a UUID, else a
+    stable hash of it (so the same id always gives the same SID)."""
+    if _SID.fullmatch(value) and value.startswith(prefix):
+        return value
+    try:
+        return prefix + uuid.UUID(value).hex
+    except ValueError:
+        return prefix + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
 
 # --------------------------------------------------------------------------- Twilio -> app
 # Lenient: unknown fields are ignored (Twilio may add some); the fields read are typed.
@@ -508,7 +603,7 @@ class TwilioPlatform:
                     }
                 )
             ]
-        if isinstance(event, Cleared | Drained | Stats):
+        if isinstance(event, Cleared | Drained | Stats | Error):
             # Twilio has no such messages: after a clear it returns the pending marks,
             # which the engine sends as Mark events.
             return []
@@ -530,3 +625,19 @@ class TwilioPlatform:
                 "streamSid": self.stream_sid,
             }
         )
+
+
+def platform_role(params: PlatformParams) -> TwilioPlatform:
+    """bridge as Twilio toward an app (``SPEC.make_platform``): SIDs in Twilio's shapes,
+    derived from bridge's ids (``X-Bridge-Stream-Id``/``X-Bridge-Call-Id`` carry those)."""
+    account = str(params.options.get("account_sid") or "")
+    return TwilioPlatform(
+        twilio_sid("MZ", params.stream_id),
+        twilio_sid("CA", params.call_id),
+        account or twilio_sid("AC", f"bridge-account:{params.route}"),
+    )
+
+
+def app_role(params: AppParams) -> TwilioApp:
+    """bridge's call leg toward Twilio, or an app written for Twilio (``SPEC.make_app``)."""
+    return TwilioApp()

@@ -108,6 +108,7 @@ from ._events import (
     Connected,
     Drained,
     Dtmf,
+    Error,
     Event,
     FlowControl,
     Hangup,
@@ -120,7 +121,16 @@ from ._events import (
     mark_text,
 )
 from ._marks import PendingMarks
-from ._spec import Capabilities, ChunkRule, DialectSpec, WireFormat
+from ._spec import (
+    AppLeg,
+    AppParams,
+    CallLeg,
+    Capabilities,
+    ChunkRule,
+    DialectSpec,
+    PlatformParams,
+    WireFormat,
+)
 
 __all__ = [
     "BUFFER_MESSAGES",
@@ -171,6 +181,12 @@ SPEC: Final = DialectSpec(
         hangup=False,
         resume=False,
     ),
+    call_leg=CallLeg(
+        listener="websocket", far_side_buffers=True, hangup_on_close=False, path="/vonage"
+    ),
+    app_leg=AppLeg(default_codec="l16"),
+    make_platform=f"{__name__}:platform_role",
+    make_app=f"{__name__}:app_role",
 )
 """``send_rule``: exactly one 20 ms frame per message: 320, 640 or 960 bytes by rate."""
 
@@ -564,8 +580,9 @@ class VonagePlatform:
                     }
                 )
             ]
-        if isinstance(event, Connected | Stop | Drained | Stats | FlowControl):
-            # The greeting is websocket:connected (on Start); the end is the close.
+        if isinstance(event, Connected | Stop | Drained | Stats | FlowControl | Error):
+            # The greeting is websocket:connected (on Start); the end is the close; an
+            # app written for Vonage has no way to send DTMF, so never needs an error.
             return []
         raise _other_role("VonagePlatform", event)
 
@@ -581,3 +598,16 @@ def _notify_event(name: str) -> str:
     if isinstance(obj, dict):
         return '{"event":"websocket:notify","payload":' + name + "}"
     return dumps({"event": "websocket:notify", "payload": {"name": name}})
+
+
+def platform_role(params: PlatformParams) -> VonagePlatform:
+    """bridge as Vonage toward an app (``SPEC.make_platform``): the route's rate as the
+    content-type, the call's id as the ``uuid`` header (where an NCCO would put it)."""
+    fmt = SPEC.resolve_format(params.codec, params.sample_rate)
+    return VonagePlatform(content_type=fmt.name, headers={"uuid": params.call_id})
+
+
+def app_role(params: AppParams) -> VonageApp:
+    """bridge's call leg toward Vonage, or an app written for it (``SPEC.make_app``): the
+    call id from the NCCO headers (``uuid``, ...), else ``params.call_id``."""
+    return VonageApp(call_id=params.call_id)

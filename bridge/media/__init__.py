@@ -4,6 +4,7 @@ Pure code: no sockets, no tasks, and nothing else of bridge is imported here.
 Bad arguments raise plain ``ValueError``.
 """
 
+from ._audioop import audioop
 from ._codecs import L16_BE, L16_LE, PCMA, PCMU, Codec, codec_for
 from ._frame import Frame, frame_bytes, frame_samples
 from ._jitter import JitterBuffer, JitterStats
@@ -28,6 +29,7 @@ __all__ = [
     "PlayoutBuffer",
     "PlayoutPolicy",
     "Resampler",
+    "audioop",
     "codec_for",
     "frame_bytes",
     "frame_samples",

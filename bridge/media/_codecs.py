@@ -15,15 +15,11 @@ little-endian.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import attrs
 
-with warnings.catch_warnings():
-    # audioop is deprecated on 3.11/3.12 (PEP 594) and provided by audioop-lts on 3.13+.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from ._audioop import audioop
 
 __all__ = ["L16_BE", "L16_LE", "PCMA", "PCMU", "Codec", "codec_for"]
 
@@ -76,6 +72,16 @@ def _passthrough(pcm: bytes) -> bytes:
     return pcm
 
 
+def _identity(pcm: bytes) -> bytes:
+    return pcm
+
+
+def _passthrough_raw(pcm: bytes, width: int) -> bytes:
+    if len(pcm) % width:
+        raise audioop.error("not a whole number of frames")
+    return pcm
+
+
 @attrs.frozen(slots=True)
 class Codec:
     """One payload format. ``encode``/``decode`` are plain functions stored as fields.
@@ -83,12 +89,31 @@ class Codec:
     ``encode(pcm)`` takes PCM16 little-endian and returns the payload; ``decode(payload)``
     returns PCM16 little-endian. A PCM16 argument of odd length raises ``ValueError``;
     G.711 payloads are one byte per sample, so any length decodes.
+
+    For per-frame paths that check lengths themselves (the dialects do, and raise their
+    own errors): ``raw_encode(pcm, 2)`` is the ``audioop`` function under ``encode``
+    itself (raises ``audioop.error`` on a torn sample), one Python call less per frame
+    (about 40 ns on the project VM, measured with RTP); ``encode_whole``/``decode_whole``
+    are ``encode``/``decode`` for input already known to be whole samples: the same
+    functions, except for little-endian L16, where they skip the check and are the
+    identity (about 25 ns per frame, measured with Asterisk slin16).
     """
 
     name: str
     encode: Callable[[bytes], bytes] = attrs.field(repr=False)
     decode: Callable[[bytes], bytes] = attrs.field(repr=False)
     bytes_per_sample: int
+    raw_encode: Callable[[bytes, int], bytes] = attrs.field(repr=False, kw_only=True)
+    encode_whole: Callable[[bytes], bytes] = attrs.field(
+        repr=False,
+        kw_only=True,
+        default=attrs.Factory(lambda self: self.encode, takes_self=True),
+    )
+    decode_whole: Callable[[bytes], bytes] = attrs.field(
+        repr=False,
+        kw_only=True,
+        default=attrs.Factory(lambda self: self.decode, takes_self=True),
+    )
 
     def payload_bytes(self, samples: int) -> int:
         """Payload size of ``samples`` samples (160 samples of PCMU -> 160 bytes)."""
@@ -99,16 +124,24 @@ class Codec:
         return payload_bytes // self.bytes_per_sample
 
 
-PCMU = Codec("pcmu", _ulaw_encode, _ulaw_decode, 1)
+PCMU = Codec("pcmu", _ulaw_encode, _ulaw_decode, 1, raw_encode=audioop.lin2ulaw)
 """G.711 µ-law (RTP static payload type 0, RFC 3551 §4.5.14)."""
 
-PCMA = Codec("pcma", _alaw_encode, _alaw_decode, 1)
+PCMA = Codec("pcma", _alaw_encode, _alaw_decode, 1, raw_encode=audioop.lin2alaw)
 """G.711 A-law (RTP static payload type 8, RFC 3551 §4.5.14)."""
 
-L16_BE = Codec("l16be", _swap16, _swap16, 2)
+L16_BE = Codec("l16be", _swap16, _swap16, 2, raw_encode=audioop.byteswap)
 """16-bit linear, big-endian: RTP L16 (RFC 3551 §4.5.11), Telnyx L16."""
 
-L16_LE = Codec("l16le", _passthrough, _passthrough, 2)
+L16_LE = Codec(
+    "l16le",
+    _passthrough,
+    _passthrough,
+    2,
+    raw_encode=_passthrough_raw,
+    encode_whole=_identity,
+    decode_whole=_identity,
+)
 """16-bit linear, little-endian: AudioSocket/Asterisk slin, Vonage, Exotel, ``sln``."""
 
 _BY_NAME: dict[str, Codec] = {

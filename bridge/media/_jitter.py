@@ -50,15 +50,11 @@ Accounting: every pushed packet ends up in exactly one of ``played``, ``late``,
 from __future__ import annotations
 
 import math
-import warnings
 from collections import deque
 
 import attrs
 
-with warnings.catch_warnings():
-    # audioop is deprecated on 3.11/3.12 (PEP 594) and provided by audioop-lts on 3.13+.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from ._audioop import audioop
 
 __all__ = ["JitterBuffer", "JitterStats"]
 

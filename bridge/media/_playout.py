@@ -43,15 +43,11 @@ implications" 2-3):
 from __future__ import annotations
 
 import array
-import warnings
 from collections import deque
 
 import attrs
 
-with warnings.catch_warnings():
-    # audioop is deprecated on 3.11/3.12 (PEP 594) and provided by audioop-lts on 3.13+.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from ._audioop import audioop
 
 __all__ = ["PlayoutBuffer", "splice"]
 

@@ -50,6 +50,14 @@ the one before it ends, whichever is later. So:
   moments after a burst; after a long stall, a jump to the present. Everything trimmed
   is counted (``trims``, ``trimmed_frames``, ``trimmed_s``).
 
+* **Flow control** (``pause``/``resume``). A far side that buffers may say its queue
+  is full (Asterisk ``chan_websocket``'s ``MEDIA_XOFF`` at 900 frames; it then drops
+  whole messages at 1000). While paused nothing is due: no slot is served, so nothing is
+  sent, not even filler (the far side keeps playing what it holds), and the app's audio
+  queues here, where a clear can still reach it and its marks stay in order. ``resume``
+  puts the next slot at once and starts the trimming windows afresh: a backlog built up
+  by a pause is not standing latency of the app's.
+
 Limits of what can be told apart: an app that deliberately keeps a constant lead over
 real time while sending at exactly real time looks the same as a real-time app that fell
 behind. Turn ``trim`` off for such a route.
@@ -135,6 +143,9 @@ class PlayoutPolicy:
     trimmed_s: float = attrs.field(default=0.0, init=False)
     """All app audio trimmed (whole frames and shortened frames), in seconds."""
     shortened_frames: int = attrs.field(default=0, init=False)
+    paused: bool = attrs.field(default=False, init=False)
+    """The far side asked for no more audio for now (``pause``)."""
+    pauses: int = attrs.field(default=0, init=False)
 
     @property
     def altered_frames(self) -> int:
@@ -177,7 +188,9 @@ class PlayoutPolicy:
     @property
     def next_deadline_s(self) -> float:
         clock = self.clock
-        return clock.next_deadline_s if clock is not None else math.inf
+        if clock is None or self.paused:
+            return math.inf
+        return clock.next_deadline_s
 
     @property
     def queued_ms(self) -> float:
@@ -249,6 +262,12 @@ class PlayoutPolicy:
         n = len(pcm)
         if not n:
             return 0
+        if self.paused:
+            # Queued only: nothing is sent, and no trimming decision is made on waits
+            # the far side imposed.
+            self.buffer.push(pcm)
+            self._app_audio_at = now_s
+            return 0
         buffer = self.buffer
         clock = self.clock
         ahead = buffer.queued_bytes
@@ -293,6 +312,32 @@ class PlayoutPolicy:
             return 1
         return 0
 
+    def pause(self) -> None:
+        """The far side's queue is full: serve no slot until :meth:`resume`."""
+        if self.paused:
+            return
+        self.paused = True
+        self.pauses += 1
+        self._grace_open = False
+
+    def resume(self, now_s: float) -> None:
+        """The far side has room again: the next slot is now, and the trimming windows
+        start afresh (what queued during the pause is not the app's latency)."""
+        if not self.paused:
+            return
+        self.paused = False
+        clock = self.clock
+        if clock is not None:
+            clock.rephase(now_s)
+            self._win_start = clock.index
+        self._prev_rt = False
+        self._prev_min_wait = math.inf
+        self._win_msgs = 0
+        self._win_bytes = 0
+        self._win_min_wait = math.inf
+        self._drop_debt = 0
+        self._shorten_bytes = 0
+
     def mark(self, name: MarkName) -> None:
         self.buffer.mark(name)
 
@@ -313,7 +358,7 @@ class PlayoutPolicy:
     def on_tick(self, now_s: float, *, app_up: bool) -> int:
         """At ``next_deadline_s``: how many frames to send now with ``pop_frame``."""
         clock = self.clock
-        if clock is None:
+        if clock is None or self.paused:
             return 0
         n = clock.due(now_s)
         if not n:

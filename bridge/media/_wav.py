@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import os
-import warnings
 import wave
 
-with warnings.catch_warnings():
-    # audioop is deprecated on 3.11/3.12 (PEP 594) and provided by audioop-lts on 3.13+.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from ._audioop import audioop
 
 __all__ = ["read_wav", "write_wav"]
 

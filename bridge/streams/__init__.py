@@ -17,7 +17,7 @@ from ._lifecycle import (
     StreamState,
 )
 from ._manager import StreamManager
-from ._pipelegs import Dialect, PipeAppConnection, PipeCallLeg
+from ._pipelegs import PipeAppConnection, PipeCallLeg
 from ._stream import Stream, StreamObserver, StreamSettings
 from ._supervisor import AppSupervisor, RetryPolicy
 from ._ticker import TickClient, Ticker, TickHandle
@@ -30,7 +30,6 @@ __all__ = [
     "AppSupervisor",
     "CallLeg",
     "DegradedStream",
-    "Dialect",
     "DroppedStream",
     "EchoConnection",
     "EchoConnector",

@@ -59,7 +59,7 @@ class StreamSink(Protocol):
 class CallLeg(Protocol):
     """The telephone side of a stream (AudioSocket, carrier WebSocket, RTP, ...)."""
 
-    #: Name of the listener/protocol, for records and metrics ("audiosocket", "twilio", ...).
+    #: The dialect's registry name, for records and metrics.
     kind: str
     #: The far side keeps its own playout queue (carrier WebSockets): send ahead, and
     #: let it echo marks, instead of pacing to the wire and echoing marks ourselves.

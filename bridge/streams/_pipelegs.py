@@ -6,29 +6,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
 
 from .._errors import ConnectionClosed, TransportError
-from ..dialects import Event, Hangup, Message, Start, Stop
+from ..dialects import Audio, Dialect, Event, Hangup, Message, Start, Stop
+from ..media import Frame
 from ._legs import Pipe, StreamSink
 from ._polled import poller_for, serve_polled
 
-__all__ = ["Dialect", "PipeAppConnection", "PipeCallLeg"]
+__all__ = ["PipeAppConnection", "PipeCallLeg"]
 
 logger = logging.getLogger("bridge.streams")
-
-
-class Dialect(Protocol):
-    """The sans-IO connection API every dialect role implements."""
-
-    def receive(self, message: Message) -> list[Event]: ...
-
-    def send(self, event: Event) -> list[Message]: ...
-
-    def send_audio(self, pcm: bytes) -> Message: ...
 
 
 def _rate_of(dialect: Dialect, default: int) -> int:
@@ -54,10 +45,22 @@ class PipeCallLeg:
     resumable: bool = False
     #: The caller's "host:port", for log lines about this leg (bad input).
     peer: str = ""
+    #: The far side takes audio in messages of its own sizes (whole frames of its own,
+    #: chunks of a minimum size: the dialect's ``send_rule``), so each frame goes through
+    #: ``send(Audio)``, which cuts, carries over and gathers, instead of ``send_audio``.
+    sized_audio: bool = False
     #: Set once the stream is done with this leg (closed or replaced): whoever accepted
     #: the connection holds it open until then.
     released: trio.Event = attrs.field(factory=trio.Event)
     _closed: bool = False
+    _sink: StreamSink | None = None
+    #: The dialect's ``take_events`` (events owed without a wire message: the marks a
+    #: clear settled), or None.
+    _take_events: Callable[[], list[Event]] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        take = getattr(self.dialect, "take_events", None)
+        self._take_events = take if callable(take) else None
 
     @property
     def sample_rate(self) -> int:
@@ -78,7 +81,11 @@ class PipeCallLeg:
         if self._closed:
             return
         try:
-            self.pipe.send_nowait(self.dialect.send_audio(pcm))
+            if self.sized_audio:
+                for message in self.dialect.send(Audio(Frame(pcm, self.sample_rate))):
+                    self.pipe.send_nowait(message)
+            else:
+                self.pipe.send_nowait(self.dialect.send_audio(pcm))
         except (ConnectionClosed, TransportError):
             # The reader sees the same failure and ends the stream with call_hangup.
             self._closed = True
@@ -93,12 +100,29 @@ class PipeCallLeg:
         except (ConnectionClosed, TransportError):
             self._closed = True
             return False
+        take = self._take_events
+        if take is not None:
+            owed = take()
+            if owed:
+                self._deliver(owed)
         return bool(messages)
+
+    def _deliver(self, events: list[Event]) -> None:
+        """Events the dialect owes the stream without a wire message (Asterisk's
+        ``FLUSH_MEDIA`` drops pending marks silently: the dialect settles them, and they
+        reach the stream here as if echoed)."""
+        sink = self._sink
+        if sink is None:
+            self.pending = (*self.pending, *events)
+            return
+        for event in events:
+            sink.on_call_event(event)
 
     def poll(self, sink: StreamSink, now_s: float) -> None:
         pass  # input is event-driven: the reader forwards each message as it arrives
 
     async def serve_reader(self, sink: StreamSink) -> str:
+        self._sink = sink
         for event in self.pending:
             sink.on_call_event(event)
         self.pending = ()

@@ -68,8 +68,8 @@ import attrs
 import trio
 
 from .._errors import DialectError
-from ..dialects import Audio, Dtmf, Event
-from ..dialects._rtp import RtpSession
+from ..dialects import Audio, Dtmf, Event, RtpSession
+from ..dialects._rtp import SPEC as _RTP
 from ..media import Frame, JitterBuffer
 from ..transports import Address, DatagramSocket, format_peer
 from ._legs import StreamSink
@@ -134,7 +134,7 @@ class RtpCallLeg:
     on_bad_input: Callable[[], None] | None = None
     stream_id: str = ""
 
-    kind: str = attrs.field(default="rtp", init=False)
+    kind: str = attrs.field(default=_RTP.name, init=False)
     #: Raw RTP has no playout queue at the far end: the Stream paces to the wire.
     far_side_buffers: bool = attrs.field(default=False, init=False)
 

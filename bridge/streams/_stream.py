@@ -44,12 +44,15 @@ import trio
 
 from .._errors import ConnectionClosed, DialectError, FramingError, TransportError
 from ..dialects import (
+    DEFAULT_ENCAPSULATION,
     Audio,
     Clear,
     Cleared,
     Drained,
     Dtmf,
+    Error,
     Event,
+    FlowControl,
     Hangup,
     Mark,
     Stats,
@@ -169,7 +172,7 @@ class Stream:
     settings: StreamSettings = attrs.field(factory=StreamSettings)
     route: str = ""
     listener: str = ""
-    encapsulation: str = "sln"
+    encapsulation: str = DEFAULT_ENCAPSULATION
     observer: StreamObserver = attrs.field(factory=_NullObserver)
     #: Every paced frame's lateness is also recorded here (the daemon's process-wide
     #: ``bridge_pacing_lateness_seconds``).
@@ -222,6 +225,7 @@ class Stream:
     _call_stopped: bool = False
     #: Marks forwarded to a carrier that has not echoed them yet.
     _carrier_marks: list[MarkName] = attrs.field(factory=list)
+    _paused_at: float = 0.0
     _awaiting_call: bool = False
     _call_resumed: trio.Event = attrs.field(factory=trio.Event)
     call_resumes: int = 0
@@ -338,6 +342,7 @@ class Stream:
             "grace_sends": p.grace_sends,
             "early_sends": p.early_sends,
             "skipped_slots": p.clock.skipped if p.clock is not None else 0,
+            "flow_pauses": p.pauses,
         }
 
     def lateness_ms(self) -> dict[str, float]:
@@ -551,8 +556,35 @@ class Stream:
         elif type(event) is Stop:
             self._call_stopped = True
             self.end("call_hangup")
+        elif type(event) is FlowControl:
+            self._flow_control(event.paused)
         else:
             self._log_once(f"call:{type(event).__name__}", "ignored call-leg event %s", event)
+
+    def _flow_control(self, paused: bool) -> None:
+        """The call leg's far side says its queue is full (Asterisk ``MEDIA_XOFF``) or has
+        room again (``MEDIA_XON``): stop sending it media, and queue the app's audio in
+        the playout (where ``clear`` still reaches it), until it has room."""
+        policy = self._policy
+        if paused == policy.paused:
+            return
+        now = trio.current_time()
+        if paused:
+            policy.pause()
+            self._paused_at = now
+            self._note("flow_paused", {"playout_ms": int(policy.queued_ms)})
+        else:
+            policy.resume(now)
+            self._note(
+                "flow_resumed",
+                {
+                    "paused_ms": round((now - self._paused_at) * 1000),
+                    "playout_ms": int(policy.queued_ms),
+                },
+            )
+        tick = self._tick
+        if tick is not None:
+            tick.reschedule(policy.next_deadline_s)
 
     def _carrier_mark_echoed(self, echoed: MarkName) -> MarkName:
         """The pending forwarded mark a carrier's echo answers (the first with the same
@@ -650,7 +682,16 @@ class Stream:
         elif type(event) is Dtmf:
             self._note("dtmf", {"digit": event.digit, "from": "app"})
             if not self.call.send_event(event):
+                # Say so instead of dropping it in silence: the app can act on it (play
+                # a prompt instead, use the carrier's REST API, ...).
                 self._log_once("dtmf-out", "the call leg (%s) cannot send DTMF", self.call.kind)
+                self._note("dtmf_unsupported", {"digit": event.digit})
+                self._app_event(
+                    Error(
+                        "dtmf_unsupported",
+                        f"the {self.call.kind} call leg cannot send DTMF to the caller",
+                    )
+                )
         elif type(event) is Hangup:
             self._note("hangup", {"from": "app"})
             self.end("app_hangup")

@@ -1,24 +1,26 @@
 """The WebSocket app leg: bridge dials the application and plays the *platform* role of
-the route's encapsulation (sln, twilio, telnyx, plivo, rtp, audiosocket).
+the route's encapsulation (any dialect the registry lists with an ``app_leg``).
 
 PROTOCOLS.md §0: the upgrade request carries ``X-Bridge-Stream-Id``, ``X-Bridge-Call-Id``
-and ``X-Bridge-Route`` plus the route's extra headers; the first message is the
-encapsulation's start. Carrier encapsulations greet with their ``connected`` message
-first, as the carriers do.
+and ``X-Bridge-Route`` plus the route's extra headers (and the dialect's WebSocket
+subprotocol, if it has one); the first message is the encapsulation's start. Carrier
+encapsulations greet with their ``connected`` message first, as the carriers do (a
+dialect's ``send(Connected())`` is that greeting, or nothing).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Literal, cast
+from typing import Any
 
 import attrs
 import trio
 
-from ..dialects import Connected, Message
+from ..dialects import DEFAULT_ENCAPSULATION, Connected, Dialect, PlatformParams, dialect
 from ..transports import open_websocket_client
-from ._pipelegs import Dialect, PipeAppConnection
+from ._pipelegs import PipeAppConnection
 
 __all__ = ["WsAppConnector", "platform_dialect"]
 
@@ -29,45 +31,30 @@ def platform_dialect(
     stream_id: str,
     call_id: str,
     sample_rate: int,
-    codec: str = "pcmu",
+    codec: str = "",
     ptime_ms: int = 20,
-    metadata: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    route: str = "",
 ) -> Dialect:
     """A fresh platform-role dialect for one app connection (one per attempt, so the
-    carrier counters restart with the start message, under the same stream id)."""
-    if encapsulation == "sln":
-        from ..dialects._sln import SlnPlatform
+    carrier counters restart with the start message, under the same stream id).
 
-        return SlnPlatform(stream_id, call_id, sample_rate, ptime_ms)
-    if encapsulation == "audiosocket":
-        from ..dialects._encapsulated import AudioSocketWsPlatform
-
-        return AudioSocketWsPlatform(stream_id, call_id, sample_rate, ptime_ms)
-    if encapsulation == "rtp":
-        from ..dialects._encapsulated import RtpWsPlatform
-
-        rtp_codec = cast(Literal["pcmu", "pcma", "l16"], codec)
-        return RtpWsPlatform(stream_id, call_id, rtp_codec, sample_rate, ptime_ms)
-    if encapsulation == "twilio":
-        from ..dialects._twilio import TwilioPlatform
-
-        return TwilioPlatform(stream_id, call_id, "bridge", dict(metadata or {}).get("customParameters", {}))
-    if encapsulation == "telnyx":
-        from ..dialects._telnyx import TelnyxPlatform
-
-        return TelnyxPlatform(stream_id, call_id, codec=codec.upper(), sample_rate=sample_rate)
-    if encapsulation == "plivo":
-        from ..dialects._plivo import PlivoPlatform
-
-        content_type = (
-            "audio/x-mulaw;rate=8000" if codec == "pcmu" else f"audio/x-l16;rate={sample_rate}"
+    Wall-clock timestamps (Plivo's ``media.timestamp``) start from now: sans-IO code has
+    no clock, so the time is taken here."""
+    spec = dialect(encapsulation)
+    role: Dialect = spec.platform_role(
+        PlatformParams(
+            stream_id,
+            call_id,
+            sample_rate=sample_rate,
+            codec=codec,
+            ptime_ms=ptime_ms,
+            options=options or {},
+            wall_clock_ms=int(time.time() * 1000),
+            route=route,
         )
-        return PlivoPlatform(stream_id, call_id, "bridge", content_type=content_type)
-    raise ValueError(f"unknown encapsulation {encapsulation!r}")
-
-
-#: Encapsulations whose platform greets with a ``connected`` message before ``start``.
-_GREETS = frozenset({"twilio", "telnyx"})
+    )
+    return role
 
 
 @attrs.define(slots=True, eq=False)
@@ -75,11 +62,13 @@ class WsAppConnector:
     """Dials ``url`` once per attempt; see ``AppConnector``."""
 
     app_url: str
-    encapsulation: str = "sln"
+    encapsulation: str = DEFAULT_ENCAPSULATION
     sample_rate: int = 8000
-    codec: str = "pcmu"
+    codec: str = ""
     route: str = ""
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    #: The route's ``app.options`` (the encapsulation's own keys).
+    options: Mapping[str, Any] = attrs.field(factory=dict)
     ca_file: str = ""
     ptime_ms: int = 20
     connect_timeout_s: float = 5.0
@@ -101,9 +90,11 @@ class WsAppConnector:
             ("X-Bridge-Route", self.route),
             *self.headers.items(),
         ]
+        subprotocol = dialect(self.encapsulation).subprotocol
         async with open_websocket_client(
             self.app_url,
             headers=headers,
+            subprotocols=() if subprotocol is None else (subprotocol,),
             handshake_timeout_s=self.connect_timeout_s,
             send_timeout_s=self.send_timeout_s,
             ping_interval_s=self.ping_interval_s,
@@ -112,19 +103,19 @@ class WsAppConnector:
             max_message_bytes=self.max_message_bytes,
             ca_file=self.ca_file or None,
         ) as ws:
-            dialect = platform_dialect(
+            role = platform_dialect(
                 self.encapsulation,
                 stream_id=stream_id,
                 call_id=call_id,
                 sample_rate=self.sample_rate,
                 codec=self.codec,
                 ptime_ms=self.ptime_ms,
+                options=self.options,
+                route=self.route,
             )
-            conn = PipeAppConnection(dialect, ws, self.sample_rate)
-            if self.encapsulation in _GREETS:
-                greeting: list[Message] = dialect.send(Connected())
-                for message in greeting:
-                    ws.send_nowait(message)
+            conn = PipeAppConnection(role, ws, self.sample_rate)
+            for message in role.send(Connected()):  # the carriers' greeting, if any
+                ws.send_nowait(message)
             try:
                 yield conn
             finally:

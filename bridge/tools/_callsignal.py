@@ -47,18 +47,12 @@ import array
 import math
 import os
 import struct
-import warnings
 from collections.abc import Sequence
 from typing import Final
 
 import attrs
 
-from ..media import Resampler, read_wav
-
-with warnings.catch_warnings():
-    # audioop is deprecated on 3.11/3.12 and provided by audioop-lts on 3.13+.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from ..media import PCMA, PCMU, Resampler, read_wav
 
 __all__ = [
     "ALPHABET",
@@ -75,11 +69,8 @@ def _g711_fixed_points() -> tuple[int, ...]:
     """PCM16 values that both G.711 laws reproduce exactly (exhaustive over µ-law codes)."""
     found = set()
     for code in range(256):
-        pcm = audioop.ulaw2lin(bytes((code,)), 2)
-        if (
-            audioop.ulaw2lin(audioop.lin2ulaw(pcm, 2), 2) == pcm
-            and audioop.alaw2lin(audioop.lin2alaw(pcm, 2), 2) == pcm
-        ):
+        pcm = PCMU.decode(bytes((code,)))
+        if PCMU.decode(PCMU.encode(pcm)) == pcm and PCMA.decode(PCMA.encode(pcm)) == pcm:
             found.add(struct.unpack("<h", pcm)[0])
     return tuple(sorted(found))
 

@@ -5,12 +5,13 @@
     bridge echo-server [--listen 127.0.0.1:9000] [--encapsulation sln] [--codec pcmu]
                        [--drop-after N] [--stall-after N] [--reject STATUS]
 
-A WebSocket server that plays the *app* role of one encapsulation (``sln``, ``twilio``,
-``telnyx``, ``plivo``, ``rtp``, ``audiosocket``) and sends every audio frame straight
-back, re-encoded through the same dialect's ``send_audio``. It echoes a mark once
-(see :meth:`EchoServer._echo`) and answers nothing else. Point a route's ``app.url`` at
-it to have a real WebSocket app leg behind bridge, or dial it directly with ``bridge
-call --transport sln|twilio|telnyx|plivo``.
+A WebSocket server that plays the *app* role of one encapsulation (any the dialect
+registry lists: ``sln``, ``audiosocket``, ``rtp``, ``twilio``, ``telnyx``, ``plivo``,
+``asterisk-ws``, ``exotel``, ...) and sends every audio frame straight back, re-encoded
+through the same dialect's ``send_audio``. It echoes a mark once (see
+:meth:`EchoServer._echo`) and answers nothing else. Point a route's ``app.url`` at it to
+have a real WebSocket app leg behind bridge, or dial it directly with ``bridge call
+--transport sln``.
 
 It is the far end of the headline benchmark, so it must never be what limits a
 measurement (PERFORMANCE.md): one task per connection reads, decodes and echoes inline
@@ -26,7 +27,7 @@ with that HTTP status.
 In-process use (tests, benchmarks)::
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_echo, EchoOptions(port=0, encapsulation="twilio"))
+        server = await nursery.start(serve_echo, EchoOptions(port=0, encapsulation=name))
         ... dial server.url ...
         nursery.cancel_scope.cancel()
 """
@@ -40,18 +41,23 @@ import select
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, Final, Literal, NoReturn, Protocol, cast, get_args
+from typing import Any, Final, Literal, NoReturn, cast, get_args
 
 import attrs
 import trio
 
 from .._errors import ConnectionClosed, DialectError, TransportError, UnsupportedMessage
-from ..dialects import Audio, Event, Mark, Message, Start, Stop
-from ..dialects._encapsulated import AudioSocketWsApp, RtpWsApp
-from ..dialects._plivo import PlivoApp
-from ..dialects._sln import SlnApp, decode_control
-from ..dialects._telnyx import TelnyxApp
-from ..dialects._twilio import TwilioApp
+from ..dialects import (
+    DEFAULT_ENCAPSULATION,
+    AppParams,
+    Audio,
+    Dialect,
+    Mark,
+    Stop,
+    cli_name,
+    dialect,
+    encapsulations,
+)
 from ..transports import (
     WebSocketConnection,
     WebSocketRequest,
@@ -71,22 +77,13 @@ __all__ = [
 
 logger = logging.getLogger("bridge.echo")
 
-Encapsulation = Literal["sln", "twilio", "telnyx", "plivo", "rtp", "audiosocket"]
 EchoCodec = Literal["pcmu", "pcma", "l16"]
-ENCAPSULATIONS: Final = cast(tuple[str, ...], get_args(Encapsulation))
 CODECS: Final = cast(tuple[str, ...], get_args(EchoCodec))
 
-_RTP_CODEC_OF: Final[dict[str, EchoCodec]] = {"PCMU": "pcmu", "PCMA": "pcma", "L16": "l16"}
 # How often a stalled connection looks whether its peer has gone (cheap: one poll()).
 _STALL_POLL_S: Final = 1.0
 # Marks remembered per connection, so that the echo of our echo is not echoed again.
 _MAX_MARKS: Final = 1024
-
-
-class AppDialect(Protocol):
-    def receive(self, message: Message) -> list[Event]: ...
-    def send(self, event: Event) -> list[Message]: ...
-    def send_audio(self, pcm: bytes) -> Message: ...
 
 
 @attrs.frozen(slots=True)
@@ -95,7 +92,8 @@ class EchoOptions:
 
     host: str = "127.0.0.1"
     port: int = 9000
-    encapsulation: Encapsulation = "sln"
+    encapsulation: str = DEFAULT_ENCAPSULATION
+    """A registry name (``-`` may stand for ``_``: ``asterisk-ws``)."""
     codec: EchoCodec | None = None
     """``rtp``: the codec the RTP packets must carry (default: whatever ``start``
     announces). ``telnyx``/``plivo``: answer in this codec at 8 kHz instead of the one
@@ -106,12 +104,14 @@ class EchoOptions:
     max_handshakes: int = 1024
 
     def __attrs_post_init__(self) -> None:
-        if self.encapsulation not in ENCAPSULATIONS:
-            raise ValueError(f"unknown encapsulation {self.encapsulation!r}")
+        spec = dialect(self.encapsulation)  # UnknownDialect is a ValueError
+        if spec.name not in encapsulations():
+            raise ValueError(f"{self.encapsulation!r} is not an app-leg encapsulation")
         if self.codec is not None and self.codec not in CODECS:
             raise ValueError(f"unknown codec {self.codec!r} ({', '.join(CODECS)})")
-        if self.encapsulation == "plivo" and self.codec == "pcma":
-            raise ValueError("Plivo streams carry audio/x-mulaw or audio/x-l16, not pcma")
+        if self.codec is not None and self.codec not in spec.codecs():
+            carried = ", ".join(spec.codecs())
+            raise ValueError(f"{spec.name} carries {carried}, not {self.codec}")
         for name in ("drop_after", "stall_after"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -137,65 +137,10 @@ class EchoStats:
     protocol_errors: int = 0
 
 
-class _LazyRtpApp:
-    """RTP-over-WebSocket needs the codec and rate before the first packet: take them
-    from the ``start`` TEXT message, then hand everything to a real ``RtpWsApp``."""
-
-    __slots__ = ("_app", "_codec")
-
-    def __init__(self, codec: EchoCodec | None) -> None:
-        self._codec = codec
-        self._app: RtpWsApp | None = None
-
-    def receive(self, message: Message) -> list[Event]:
-        app = self._app
-        if app is None:
-            if not isinstance(message, str):
-                raise DialectError("rtp", "binary message before the start message")
-            events = decode_control(message, "app")
-            start = next((e for e in events if isinstance(e, Start)), None)
-            if start is None:
-                raise DialectError("rtp", "the first message must be start")
-            codec = self._codec or _RTP_CODEC_OF.get(start.encoding.upper())
-            if codec is None:
-                raise DialectError("rtp", f"start announces encoding {start.encoding!r}")
-            try:
-                app = RtpWsApp(codec, start.sample_rate)
-            except ValueError as exc:
-                raise DialectError("rtp", str(exc)) from None
-            self._app = app
-        return app.receive(message)
-
-    def send(self, event: Event) -> list[Message]:
-        if self._app is None:
-            return []
-        return self._app.send(event)
-
-    def send_audio(self, pcm: bytes) -> Message:
-        assert self._app is not None  # audio is only ever echoed after start
-        return self._app.send_audio(pcm)
-
-
-def app_dialect(encapsulation: Encapsulation, codec: EchoCodec | None = None) -> AppDialect:
-    """A fresh app-role dialect for one connection."""
-    if encapsulation == "sln":
-        return SlnApp()
-    if encapsulation == "audiosocket":
-        return AudioSocketWsApp()
-    if encapsulation == "rtp":
-        return _LazyRtpApp(codec)
-    if encapsulation == "twilio":
-        return TwilioApp()
-    if encapsulation == "telnyx":
-        return TelnyxApp(codec=codec.upper() if codec else None)
-    if encapsulation == "plivo":
-        content_type = None
-        if codec == "pcmu":
-            content_type = "audio/x-mulaw;rate=8000"
-        elif codec == "l16":
-            content_type = "audio/x-l16;rate=8000"
-        return PlivoApp(content_type=content_type)
-    raise ValueError(f"unknown encapsulation {encapsulation!r}")
+def app_dialect(encapsulation: str, codec: EchoCodec | None = None) -> Dialect:
+    """A fresh app-role dialect for one connection (the registry's ``make_app``)."""
+    role: Dialect = dialect(encapsulation).app_role(AppParams(codec=codec or ""))
+    return role
 
 
 def _peer_gone(fd: int) -> bool:
@@ -238,7 +183,10 @@ class EchoServer:
                 opts.reject, f"rejected by bridge echo-server (--reject {opts.reject})\n"
             )
             return
-        ws = await request.accept()
+        # Echo the dialect's subprotocol when offered (bridge dials asterisk-ws apps
+        # with "media", as Asterisk does).
+        wanted = dialect(opts.encapsulation).subprotocol
+        ws = await request.accept(wanted if wanted in request.subprotocols else None)
         stats = self.stats
         stats.connections += 1
         stats.active += 1
@@ -365,6 +313,16 @@ async def serve_echo(
 # ---------------------------------------------------------------------------------- CLI
 
 
+def _encapsulation(text: str) -> str:
+    try:
+        name = dialect(text).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if name not in encapsulations():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an app-leg encapsulation")
+    return name
+
+
 def _status(text: str) -> int:
     try:
         value = int(text)
@@ -398,8 +356,9 @@ def add_echo_server_parser(
     )
     p.add_argument(
         "--encapsulation",
-        choices=ENCAPSULATIONS,
-        default="sln",
+        type=_encapsulation,
+        default=DEFAULT_ENCAPSULATION,
+        metavar="|".join(cli_name(n) for n in encapsulations()),
         help="the protocol apps speak on this server (default: %(default)s)",
     )
     p.add_argument(

@@ -6,17 +6,13 @@ recover, SNR, cross-correlation, pass band, PESQ against a codec-only reference.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 
 from bench.quality import material
 from bench.quality import metrics as M
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from bridge.media import audioop
 
 RATE = 8000
 N = 160

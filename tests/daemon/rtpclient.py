@@ -12,7 +12,6 @@ records everything it receives with its arrival time.
 from __future__ import annotations
 
 import socket
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,10 +20,7 @@ import trio
 
 from bridge.dialects import Audio, Dtmf, Event
 from bridge.dialects._rtp import RtpSession
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from bridge.media import audioop
 
 __all__ = ["Received", "RtpPeer", "ulaw_frame"]
 

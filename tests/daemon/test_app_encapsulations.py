@@ -82,6 +82,15 @@ CASES = [
     pytest.param("rtp", "pcma", 8000, 8000, "pcma", id="rtp-pcma"),
     pytest.param("rtp", "l16", 16000, 16000, "exact", id="rtp-l16-16k"),
     pytest.param("audiosocket", None, 8000, 8000, "exact", id="audiosocket"),
+    # Registered through the dialect registry: bridge plays Asterisk chan_websocket
+    # (slin/slin16/ulaw channels) and Exotel's Voicebot applet toward the app.
+    pytest.param("asterisk_ws", None, 8000, 8000, "exact", id="asterisk_ws-slin"),
+    pytest.param("asterisk_ws", None, 16000, 16000, "exact", id="asterisk_ws-slin16"),
+    pytest.param("asterisk_ws", "pcmu", 8000, 8000, "pcmu", id="asterisk_ws-ulaw"),
+    pytest.param("exotel", None, 8000, 8000, "exact", id="exotel-8k"),
+    pytest.param("exotel", None, 16000, 16000, "exact", id="exotel-16k"),
+    pytest.param("vonage", None, 8000, 8000, "exact", id="vonage-8k"),
+    pytest.param("vonage", None, 16000, 16000, "exact", id="vonage-16k"),
 ]
 
 

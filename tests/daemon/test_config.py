@@ -39,6 +39,7 @@ from bridge.daemon._config import (
     parse_duration,
     parse_listen,
 )
+from bridge.dialects import carriers, dialect
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "bridge.example.toml"
@@ -96,8 +97,15 @@ def test_embedded_default_is_accepted() -> None:
     assert config.records.path == "bridge.sqlite3"
     assert all(r.app.url == "echo:" and r.app.encapsulation == "sln" for r in config.routes)
     assert {r.match.listener for r in config.routes} == {"audiosocket", "websocket", "rtp"}
+    # One echo route per carrier of the dialect registry, on its conventional path.
     ws = {r.carrier: r.match.path for r in config.routes_for("websocket")}
-    assert ws == {"twilio": "/twilio", "telnyx": "/telnyx", "plivo": "/plivo"}
+    expected = {}
+    for name in carriers():
+        leg = dialect(name).call_leg
+        assert leg is not None
+        expected[name] = leg.path
+    assert ws == expected
+    assert expected["twilio"] == "/twilio" and expected["asterisk_ws"] == "/asterisk"
 
 
 def test_empty_file_gives_the_documented_defaults() -> None:
@@ -280,7 +288,7 @@ def test_parse_listen_says_what_a_listener_key_takes() -> None:
             "routes[0].app.codec",
         ),
         (WS_ROUTE.replace('carrier = "twilio"', ""), "routes[0].carrier"),
-        (WS_ROUTE.replace('carrier = "twilio"', 'carrier = "vonage"'), "routes[0].carrier"),
+        (WS_ROUTE.replace('carrier = "twilio"', 'carrier = "jambonz"'), "routes[0].carrier"),
         (RTP_ROUTE + "carrier = 'twilio'", "routes[0].carrier"),
         (RTP_ROUTE + RTP_ROUTE, "routes[1].name"),
         (RTP_ROUTE.replace('"rtp"\nmatch', '"r t p"\nmatch'), "routes[0].name"),
@@ -449,7 +457,8 @@ def test_example_route_override() -> None:
 
 def test_routes_for() -> None:
     config = load_config(None)
-    assert [r.name for r in config.routes_for("websocket")] == [
+    assert [r.carrier for r in config.routes_for("websocket")] == list(carriers())
+    assert [r.name for r in config.routes_for("websocket")][:3] == [
         "twilio-echo",
         "telnyx-echo",
         "plivo-echo",
@@ -706,3 +715,113 @@ def test_dump_escapes_awkward_strings() -> None:
         ),
     )
     assert parse_config(dump_config(config)) == _resolved(config)
+
+
+# --------------------------------------------------------------------------- the dialect registry
+
+ASTERISK_ROUTE = """
+[[routes]]
+name = "asterisk"
+match = { listener = "websocket", subprotocol = "media" }
+carrier = "asterisk_ws"
+carrier_options = { answer = true, call_id_query = "call" }
+app = { url = "ws://127.0.0.1:9000/agent", encapsulation = "asterisk_ws", sample_rate = 16000, options = { control_format = "json" } }
+"""
+
+
+def test_carriers_and_encapsulations_come_from_the_registry() -> None:
+    config = parse_config(ASTERISK_ROUTE + WS_ROUTE.replace("twilio", "exotel"))
+    route = config.routes[0]
+    assert route.carrier == "asterisk_ws"
+    assert route.carrier_options == {"answer": True, "call_id_query": "call"}
+    assert route.app.options == {"control_format": "json"}
+    assert config.routes[1].carrier == "exotel"
+    # The dump round-trips the dialect's own keys.
+    again = parse_config(dump_config(config)).routes[0]
+    assert (again.carrier_options, again.app.options) == (route.carrier_options, route.app.options)
+    assert again.match.subprotocol == "media"
+
+
+def test_routes_match_by_subprotocol() -> None:
+    config = parse_config(ASTERISK_ROUTE + WS_ROUTE)
+    found = match_route(config, "websocket", "/anything", {}, {}, ("media",))
+    assert found is not None and found.name == "asterisk"
+    found = match_route(config, "websocket", "/twilio", {}, {}, ())
+    assert found is not None and found.name == "ws"
+    assert match_route(config, "websocket", "/anything", {}, {}, ()) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "words"),
+    [
+        (
+            ASTERISK_ROUTE.replace("answer = true", "anwser = true"),
+            "routes[0].carrier_options.anwser",
+            "unknown key 'anwser'; allowed keys: answer, call_id_query, command_format",
+        ),
+        (
+            ASTERISK_ROUTE.replace("answer = true", 'answer = "yes"'),
+            "routes[0].carrier_options.answer",
+            "must be a bool",
+        ),
+        (
+            ASTERISK_ROUTE.replace('control_format = "json"', 'control_format = "xml"'),
+            "routes[0].app.options.control_format",
+            "must be one of 'plain-text', 'json'",
+        ),
+        (
+            RTP_ROUTE + "carrier_options = { answer = true }",
+            "routes[0].carrier_options",
+            "only websocket routes",
+        ),
+        (
+            WS_ROUTE + "carrier_options = { x = 1 }",
+            "routes[0].carrier_options.x",
+            "none are allowed in carrier_options",
+        ),
+        (
+            ASTERISK_ROUTE.replace('subprotocol = "media"', 'subprotocol = "a b"'),
+            "routes[0].match.subprotocol",
+            "not a valid token",
+        ),
+        (
+            RTP_ROUTE.replace('listener = "rtp"', 'listener = "rtp", subprotocol = "media"'),
+            "routes[0].match.subprotocol",
+            "only websocket routes",
+        ),
+        (
+            WS_ROUTE.replace('carrier = "twilio"', 'carrier = "sln"'),
+            "routes[0].carrier",
+            "invalid value 'sln'; allowed: 'twilio', 'telnyx', 'plivo', 'asterisk_ws', 'exotel', 'vonage'",
+        ),
+        (
+            WS_ROUTE.replace("twilio", "exotel") + "auth = { twilio_auth_token = 't' }",
+            "routes[0].auth.twilio_auth_token",
+            'carrier = "twilio"',
+        ),
+        # Telnyx L16 runs at 8 and 16 kHz: this was accepted and failed at every connect.
+        (
+            WS_ROUTE.replace(
+                'encapsulation = "twilio"', 'encapsulation = "telnyx", codec = "l16", sample_rate = 24000'
+            ),
+            "routes[0].app.sample_rate",
+            "telnyx runs at 8000/16000 Hz, not 24000",
+        ),
+        (
+            WS_ROUTE.replace('encapsulation = "twilio"', 'encapsulation = "asterisk_ws", codec = "pcma", sample_rate = 16000'),
+            "routes[0].app.codec",
+            'use codec = "l16" for 16000 Hz',
+        ),
+    ],
+)
+def test_registry_rules_name_the_field(text: str, path: str, words: str) -> None:
+    err = error_of(text)
+    assert err.path == path, err
+    assert words in err.message, err
+
+
+def test_an_empty_codec_is_the_encapsulations_default() -> None:
+    route = parse_config(WS_ROUTE).routes[0]
+    assert route.app.codec == ""  # twilio: pcmu, the only one it carries
+    sln16 = parse_config(RTP_ROUTE.replace('app = { url = "echo:" }', 'app = { url = "echo:", sample_rate = 16000 }'))
+    assert sln16.routes[0].app.codec == ""  # sln: l16 at any rate

@@ -24,7 +24,6 @@ import random
 import re
 import struct
 import uuid
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -40,15 +39,12 @@ from bridge.daemon._config import Config
 from bridge.daemon._daemon import Daemon
 from bridge.dialects import Audio, Connected, Start
 from bridge.dialects._twilio import TwilioPlatform
+from bridge.media import audioop
 from bridge.transports import open_websocket_client
 
 from .asclient import AudioSocketCaller
 from .conftest import make_config
 from .rtpclient import RtpPeer, ulaw_frame
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 SEED = 0x6A7BA6E
 GOOD_FRAMES = 150  # 3 s of 20 ms frames per good call

@@ -14,7 +14,6 @@ import math
 import shutil
 import socket
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,10 @@ import pytest
 import trio
 import trio_websocket
 
-from bridge.media import write_wav
+from bridge.media import audioop, write_wav
 
 from .conftest import make_config
 from .test_rtp_leg import RTP_ROUTES, opener, parse_addr
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 FFMPEG = shutil.which("ffmpeg")
 pytestmark = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")

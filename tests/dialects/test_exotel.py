@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import warnings
 from typing import Any
 
 import pytest
@@ -30,13 +29,9 @@ from bridge.dialects._events import (
     Stop,
 )
 from bridge.dialects._exotel import CHUNK_MAX_BYTES, CHUNK_MIN_BYTES, SPEC
-from bridge.media import Frame
+from bridge.media import Frame, audioop
 
 from .test_twilio import FUZZ, PROPS, check_decoder, fuzz_inputs, pcm_frames
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 SID = "MZxxxxxxxxxxxxxxxxxxxxxxxx"
 CALL = "CAxxxxxxxxxxxxxxxxxxxxxxxx"

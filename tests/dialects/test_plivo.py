@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import warnings
 from typing import Any
 
 import pytest
@@ -27,13 +26,9 @@ from bridge.dialects._events import (
     Stop,
 )
 from bridge.dialects._plivo import CONTENT_TYPES, PlivoApp, PlivoPlatform
-from bridge.media import Frame
+from bridge.media import Frame, audioop
 
 from .test_twilio import FUZZ, PROPS, check_decoder, fuzz_inputs, pcm_frames
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 CALL = "12345678-1234-1234-1234-123456789abc"
 STREAM = "87654321-4321-4321-4321-cba987654321"

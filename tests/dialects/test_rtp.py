@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,11 +21,7 @@ from bridge.dialects._events import (
     Stop,
 )
 from bridge.dialects._rtp import RtpApp, RtpPlatform, RtpSession
-from bridge.media import Frame
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from bridge.media import Frame, audioop
 
 SSRC = 0x12345678
 FUZZ = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import warnings
 from typing import Any
 
 import pytest
@@ -29,13 +28,9 @@ from bridge.dialects._events import (
     Stop,
 )
 from bridge.dialects._telnyx import RESYNC_GAP, TelnyxApp, TelnyxError, TelnyxPlatform
-from bridge.media import Frame
+from bridge.media import Frame, audioop
 
 from .test_twilio import FUZZ, PROPS, check_decoder, fuzz_inputs, pcm_frames
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 STREAM = "32de0dea-53cb-4b21-89a4-9e1819c043bc"
 CALL = "v3:T02llQxIyaRkhfRKxgAP8nY511EhFLizdvdUKJiSw8d6A9BborherQ"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -36,11 +35,7 @@ from bridge.dialects._events import (
     Stop,
 )
 from bridge.dialects._twilio import TwilioApp, TwilioPlatform
-from bridge.media import Frame
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from bridge.media import Frame, audioop
 
 FUZZ = settings(max_examples=3000, deadline=None)
 PROPS = settings(max_examples=200, deadline=None)

@@ -5,15 +5,10 @@ from __future__ import annotations
 import array
 import itertools
 import sys
-import warnings
 
 import pytest
 
-from bridge.media import L16_BE, L16_LE, PCMA, PCMU, Codec, codec_for
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from bridge.media import L16_BE, L16_LE, PCMA, PCMU, Codec, audioop, codec_for
 
 ALL_SAMPLES = array.array("h", range(-32768, 32768)).tobytes()
 ALL_CODES = bytes(range(256))

@@ -280,3 +280,49 @@ def test_any_arrival_pattern_plays_each_frame_at_most_once_in_order(
             k += 1
     result = simulate(arrivals, t + k * PTIME + 1, policy=PlayoutPolicy(FB, PTIME, trim=trim))
     accounted(result, k)
+
+
+def _frame(n: int) -> bytes:
+    return bytes([n % 250 + 1]) * 320
+
+
+def test_pause_serves_no_slot_and_resume_plays_everything_in_order() -> None:
+    """Flow control (Asterisk MEDIA_XOFF/XON): nothing is due while paused, the app's
+    audio and marks wait here, and resume puts the next slot at once."""
+    policy = PlayoutPolicy(320, lead_frames=0, exact_pacing=False)
+    policy.start(0.0)
+    now = 0.0
+    sent: list[bytes] = []
+    for _ in range(3):
+        now = policy.next_deadline_s
+        for _ in range(policy.on_tick(now, app_up=True)):
+            pcm, _ = policy.pop_frame(now)
+            sent.append(pcm or b"")
+    policy.pause()
+    assert policy.paused and policy.pauses == 1
+    assert policy.next_deadline_s == float("inf")
+    for n in range(10):
+        now += 0.02
+        assert policy.on_audio(_frame(n), now) == 0
+        if n == 4:
+            policy.mark("m")
+        assert policy.on_tick(now, app_up=True) == 0
+    assert policy.queued_ms == 200
+    now += 1.0
+    policy.resume(now)
+    assert policy.next_deadline_s == pytest.approx(now)
+    played: list[bytes] = []
+    marks: list[object] = []
+    while len(played) < 10:
+        t = policy.next_deadline_s
+        assert t < now + 0.5
+        for _ in range(policy.on_tick(t, app_up=True)):
+            pcm, released = policy.pop_frame(t)
+            assert pcm is not None
+            played.append(pcm)
+            marks.extend((len(played), name) for name in released)
+    assert played == [_frame(n) for n in range(10)]
+    assert marks == [(6, "m")]  # after the 5 frames queued before it
+    assert policy.trimmed_frames == 0
+    policy.resume(now)  # idempotent
+    assert policy.pauses == 1

@@ -7,7 +7,6 @@ hand, one call per tick, as the Stream's ticker would.
 from __future__ import annotations
 
 import struct
-import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,13 +16,10 @@ import trio
 
 from bridge.dialects import Audio, Dtmf, Event
 from bridge.dialects._rtp import RtpSession
+from bridge.media import audioop
 from bridge.streams._rtpleg import RtpCallLeg
 from bridge.transports import open_udp_socket
 from tests.daemon.rtpclient import RtpPeer, ulaw_frame
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 
 @attrs.define

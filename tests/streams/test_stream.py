@@ -574,3 +574,92 @@ async def test_frozen_event_loop_three_times_does_not_ratchet(
         assert after and all(lat[n] <= steady + 0.005 for n in after), [
             (n, round(lat[n] * 1000, 1)) for n in after if lat[n] > steady + 0.005
         ]
+
+
+async def test_flow_control_stops_media_and_queues_the_apps_audio(
+    clock: trio.testing.MockClock,
+) -> None:
+    """Asterisk chan_websocket says MEDIA_XOFF when its queue of bridge's frames reaches
+    900 and drops whole messages at 1000: while paused nothing goes out, not even filler,
+    and the app's audio waits in bridge's playout, in order, with its marks."""
+    from bridge.dialects import FlowControl
+
+    call = FakeCallLeg(far_side_buffers=True)
+    conn = FakeAppConnection()
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(nursery, call, ScriptedConnector([conn]))
+        await trio.sleep(0.2)
+        assert call.sent, "filler goes out before the pause"
+        call.inject(FlowControl(True))
+        await trio.sleep(0.01)
+        paused_at = trio.current_time()
+        sent_before = len(call.sent)
+        for n in range(25):  # half a second of the app's audio, in real time
+            conn.feed(Audio(Frame(numbered_frame(n), 8000)))
+            if n == 9:
+                conn.feed(Mark("after-10"))
+            await trio.sleep(0.02)
+        assert len(call.sent) == sent_before  # nothing at all while paused
+        assert stream.playout.queued_ms == 500
+        assert [e for e in call.events_sent if isinstance(e, Mark)] == []
+        call.inject(FlowControl(False))
+        await trio.sleep(0.6)
+        resumed = [(t, pcm) for t, pcm in call.sent if t > paused_at]
+        numbers = [frame_number(pcm) for _, pcm in resumed if any(pcm)]
+        assert numbers == list(range(25))  # every frame, once, in order
+        # Paced again on the 20 ms grid (the far side buffers: one frame per slot).
+        times = [t for t, pcm in resumed if any(pcm)]
+        assert all(b - a == pytest.approx(0.02, abs=0.002) for a, b in itertools.pairwise(times))
+        assert [e.name for e in call.events_sent if isinstance(e, Mark)] == ["after-10"]
+        assert stream.playout_counters()["flow_pauses"] == 1
+        assert [e["event"] for e in stream.log if e["event"].startswith("flow_")] == [
+            "flow_paused",
+            "flow_resumed",
+        ]
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_clear_while_paused_drops_the_queue_and_returns_its_marks(
+    clock: trio.testing.MockClock,
+) -> None:
+    from bridge.dialects import Cleared, FlowControl
+
+    call = FakeCallLeg(far_side_buffers=True)
+    conn = FakeAppConnection()
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(nursery, call, ScriptedConnector([conn]))
+        await trio.sleep(0.1)
+        call.inject(FlowControl(True))
+        await trio.sleep(0.01)
+        conn.feed(Audio(Frame(numbered_frame(1) * 10, 8000)))
+        conn.feed(Mark("m1"))
+        conn.feed(Clear())
+        await trio.sleep(0.05)
+        assert stream.playout.queued_ms == 0
+        assert conn.marks() == ["m1"]
+        assert any(isinstance(e, Cleared) for e in conn.received)
+        assert any(isinstance(e, Clear) for e in call.events_sent)  # to the far side too
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_dtmf_the_call_leg_cannot_send_is_answered_with_an_error(
+    clock: trio.testing.MockClock,
+) -> None:
+    from bridge.dialects import Error
+
+    call = FakeCallLeg()  # send_event returns False: the wire cannot say it
+    conn = FakeAppConnection()
+    async with trio.open_nursery() as nursery:
+        stream, _, _ = await run_stream(nursery, call, ScriptedConnector([conn]))
+        await trio.sleep(0.1)
+        conn.feed(Dtmf("5"))
+        await trio.sleep(0.05)
+        errors = [e for e in conn.received if isinstance(e, Error)]
+        assert errors == [Error("dtmf_unsupported", "the fake call leg cannot send DTMF to the caller")]
+        call.hang_up()
+        await stream.closed_event.wait()
+        nursery.cancel_scope.cancel()

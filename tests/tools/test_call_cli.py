@@ -10,7 +10,6 @@ import os
 import struct
 import subprocess
 import sys
-import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 import trio
 
 from bridge._cli import main
-from bridge.media import Resampler, read_wav
+from bridge.media import Resampler, audioop, read_wav
 from bridge.tools import (
     ALPHABET,
     MAX_FRAMES,
@@ -38,10 +37,6 @@ from bridge.tools import (
 )
 
 from ..daemon.conftest import make_config
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
@@ -133,11 +128,15 @@ def test_options_reject_what_the_wire_cannot_carry() -> None:
         CallOptions(transport="twilio", codec="pcma")
     with pytest.raises(ValueError, match="8000"):
         CallOptions(transport="twilio", sample_rate=16000)
-    with pytest.raises(ValueError, match="AudioSocket"):
+    with pytest.raises(ValueError, match="audiosocket runs at 8000/12000/16000"):
         CallOptions(transport="audiosocket", sample_rate=11025)
     with pytest.raises(ValueError, match="ws://"):
         CallOptions(transport="telnyx", target="127.0.0.1:9")
     CallOptions(transport="plivo", codec="l16", sample_rate=16000)  # fine
+    with pytest.raises(ValueError, match="unknown dialect 'nope'"):
+        CallOptions(transport="nope")
+    # The command line's spelling of a registry name is accepted.
+    assert CallOptions(transport="asterisk-ws").spec.name == "asterisk_ws"
 
 
 # ---------------------------------------------------------------------- against bridge

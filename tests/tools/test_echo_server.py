@@ -13,7 +13,6 @@ import signal
 import struct
 import subprocess
 import sys
-import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,14 +26,11 @@ from bridge.dialects._plivo import PlivoPlatform
 from bridge.dialects._sln import SlnPlatform
 from bridge.dialects._telnyx import TelnyxPlatform
 from bridge.dialects._twilio import TwilioPlatform
+from bridge.media import audioop
 from bridge.tools import EchoOptions, EchoServer, serve_echo
 from bridge.transports import WebSocketConnection, open_websocket_client
 
 from ..daemon.rtpclient import ulaw_frame
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 FRAMES = 50
 
