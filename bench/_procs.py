@@ -345,11 +345,15 @@ def bridge_config(
     rtp_timeout: str = "10s",
 ) -> Path:
     """Write a bridge config: AudioSocket (and optionally WebSocket Twilio and RTP)
-    routes to ``app_url`` over sln at 8 kHz."""
+    routes to ``app_url`` over sln at 8 kHz (``BENCH_APP_RATE`` to change)."""
     rtp = rtp_ports or free_udp_range(100)
     records = records or path.with_suffix(".sqlite3")
     cb = f'\ncallback = {{ url = "{callback_url}", secret = "bench" }}' if callback_url else ""
-    app = f'app = {{ url = "{app_url}", encapsulation = "sln", sample_rate = 8000 }}'
+    # BENCH_APP_RATE=16000: the app leg at 16 kHz, so every call-frame is resampled
+    # 8 -> 16 kHz and back (the echo-server's sln echoes any rate). The watermark does not
+    # survive a band-limited resampler, so echoes are not matched then: read the CPU.
+    app_rate = int(os.environ.get("BENCH_APP_RATE", "8000"))
+    app = f'app = {{ url = "{app_url}", encapsulation = "sln", sample_rate = {app_rate} }}'
     ws_listen = f"127.0.0.1:{websocket_port}" if websocket_port else ""
     as_listen = f"127.0.0.1:{audiosocket_port}" if audiosocket_port else ""
     routes = f"""

@@ -152,27 +152,56 @@ def codec_chain(x: np.ndarray, steps: Sequence[tuple[str, int]], rate: int) -> n
 
 @dataclass
 class Received:
-    """Audio a peer received, frame by frame: ``pcm[j]`` (float, N samples) arrived at
-    ``arrival[j]`` seconds (the rig's clock)."""
+    """Audio a peer received, frame by frame: ``pcm[j]`` (float, N samples) began to
+    arrive at ``arrival[j]`` seconds (the rig's clock) and, at a caller with no jitter
+    buffer, begins to play at ``play[j]`` (None: work it out frame by frame with
+    :func:`serial_playout`)."""
 
     pcm: list[np.ndarray]
     arrival: list[float]
+    play: list[float] | None = None
 
 
-def frames_from_chunks(chunks: Sequence[tuple[float, bytes]], frame_samples: int) -> Received:
-    """Cut received PCM16 chunks (any sizes) into frames of ``frame_samples``; a frame
-    arrived when the chunk holding its last sample did. A trailing partial frame is
-    dropped."""
+def frames_from_chunks(chunks: Sequence[tuple[float, bytes]], frame_samples: int, *,
+                       ptime_s: float = 0.02) -> Received:  # fmt: skip
+    """Cut received PCM16 chunks (any sizes) into frames of ``frame_samples``. A trailing
+    partial frame is dropped.
+
+    The caller is modelled sample by sample, as a channel with no jitter buffer plays
+    what it is given: each chunk plays from when it arrived or when the one before it
+    has finished, whichever is later; a frame arrived with the chunk holding its first
+    sample, and plays when that sample does. (Cutting frames out of the byte stream and
+    dating each by its *last* sample would make one shortened chunk, the way bridge
+    trims standing latency, date every later frame a whole chunk late: frame j's last
+    samples then come in chunk j + 1.)"""
     pcm: list[np.ndarray] = []
     arrival: list[float] = []
+    play: list[float] = []
+    rate = frame_samples / ptime_s
     buf = np.zeros(0)
+    # (arrival, play) of the chunk holding buf[0], and buf[0]'s offset in that chunk;
+    # the chunks that follow it within buf, with the index in buf where each starts.
+    starts: list[tuple[int, float, float]] = []  # (index in buf, arrival, play start)
+    end = -math.inf
     for t, chunk in chunks:
-        buf = np.concatenate([buf, _from_pcm16(chunk)]) if buf.size else _from_pcm16(chunk)
+        samples = _from_pcm16(chunk)
+        if not samples.size:
+            continue
+        begin = max(t, end)
+        end = begin + samples.size / rate
+        starts.append((buf.size, t, begin))
+        buf = np.concatenate([buf, samples]) if buf.size else samples
         while buf.size >= frame_samples:
+            # The chunk holding buf[0]: the last start at or before index 0.
+            i0, a0, b0 = starts[0]
             pcm.append(buf[:frame_samples])
-            arrival.append(t)
+            arrival.append(a0)
+            play.append(b0 + (0 - i0) / rate)
             buf = buf[frame_samples:]
-    return Received(pcm, arrival)
+            starts = [(i - frame_samples, a, b) for i, a, b in starts]
+            while len(starts) > 1 and starts[1][0] <= 0:
+                starts.pop(0)
+    return Received(pcm, arrival, play)
 
 
 def serial_playout(arrival: Sequence[float], ptime_s: float) -> list[float]:
@@ -374,7 +403,7 @@ def analyze(
     n = round(rate * ptime_s)
     a = CallAnalysis(frames_out=len(received.pcm), network_dropped=len(network_dropped))
     ids = identify(received.pcm, source)
-    play = serial_playout(received.arrival, ptime_s)
+    play = received.play if received.play is not None else serial_playout(received.arrival, ptime_s)
     seen: set[int] = set()
     last_k = -1
     arrival_ms: list[float] = []

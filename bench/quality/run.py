@@ -355,8 +355,8 @@ def analyze_outcome(o: Outcome, baselines: dict[tuple[str, str], float]) -> dict
                            "frames_sent": len(call.sent_at),
                            "rig": {"send_late_max_ms": round(call.send_late_ms, 1),
                                    "stalls_ms": call.rig_stalls_ms}}  # fmt: skip
-    rx = M.frames_from_chunks(call.chunks, n)
-    play = M.serial_playout(rx.arrival, PTIME_S)
+    rx = M.frames_from_chunks(call.chunks, n, ptime_s=PTIME_S)
+    play = rx.play if rx.play is not None else M.serial_playout(rx.arrival, PTIME_S)
     windows = imp.windows(PTIME_S)
     if cell.condition == "freeze":
         windows = [(a - call.t0, b - call.t0) for a, b in call.freezes]

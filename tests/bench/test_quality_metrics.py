@@ -56,6 +56,40 @@ def test_serial_playout_keeps_a_burst_as_latency() -> None:
     assert play[-1] - arrival[-1] == pytest.approx(0.06)
 
 
+def _pcm16(x: np.ndarray) -> bytes:
+    return np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
+
+
+def test_a_shortened_chunk_does_not_date_later_frames_a_chunk_late() -> None:
+    # bridge trims standing latency by sending one frame short (here by 40 samples, 5 ms)
+    # and the rest on time: a caller hears every later sample 5 ms sooner, never 15 ms
+    # later. The old cut dated a frame by its last sample, which from then on came in
+    # the next chunk: every later frame looked a whole chunk late.
+    src = _source(1.0)
+    frames = _frames(src)
+    cut = 40
+    chunks: list[tuple[float, bytes]] = []
+    pos, t = 0, 0.0
+    for k in range(len(frames)):
+        size = N - cut if k == 10 else N
+        chunks.append((t, _pcm16(src[pos : pos + size])))
+        pos += size
+        t += size / RATE
+    sent_at = {k: P * k for k in range(len(frames))}
+    rx = M.frames_from_chunks(chunks, N, ptime_s=P)
+    assert rx.play is not None
+    a = M.analyze(src, RATE, sent_at, rx, t0=0.0)
+    lat = [ms for _t, ms, _k in a.latency]
+    assert a.matched >= len(frames) - 2
+    assert max(lat) < 1.0  # nothing is late
+    # A pause between chunks (an underrun) delays everything after it, sample by sample.
+    late = [(t + (0.03 if i >= 20 else 0.0), c) for i, (t, c) in enumerate(chunks)]
+    rx2 = M.frames_from_chunks(late, N, ptime_s=P)
+    b = M.analyze(src, RATE, sent_at, rx2, t0=0.0)
+    tail = [ms for t_s, ms, _k in b.latency if t_s > 0.5]
+    assert min(tail) == pytest.approx(30.0, abs=1.0)
+
+
 def test_identify_through_g711_and_a_linear_resampler() -> None:
     src = _source()
     rx = _frames(M._g711(_linear_round_trip(src), "pcmu"))
