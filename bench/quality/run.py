@@ -345,6 +345,18 @@ def _amp(x: np.ndarray, rate: int, f: float) -> float:
     return float(2 * abs(np.dot(x, np.exp(-2j * np.pi * f * t))) / len(x))
 
 
+def recovery_windows(cell: Cell) -> list[tuple[float, float]]:
+    """The disturbances of ``cell`` as (start, end) offsets; recovery counts from each end."""
+    imp = impair.parse(cell.condition)
+    windows = imp.windows(PTIME_S)
+    if cell.where == "app" and imp.kind == "burst":
+        # The app holds frames m..m+K-1 and sends them with the last (hold_delays): the
+        # disturbance lasts until that release, (K-1) ptimes, as a stall lasts until its
+        # end; recovery is measured from there, as for a stall.
+        windows = [(a, b + (imp.frames - 1) * PTIME_S) for a, b in windows]
+    return windows
+
+
 def analyze_outcome(o: Outcome, baselines: dict[tuple[str, str], float]) -> dict[str, Any]:
     cell, call = o.cell, o.call
     leg, app = LEGS[cell.leg], APPS[cell.app]
@@ -357,7 +369,7 @@ def analyze_outcome(o: Outcome, baselines: dict[tuple[str, str], float]) -> dict
                                    "stalls_ms": call.rig_stalls_ms}}  # fmt: skip
     rx = M.frames_from_chunks(call.chunks, n, ptime_s=PTIME_S)
     play = rx.play if rx.play is not None else M.serial_playout(rx.arrival, PTIME_S)
-    windows = imp.windows(PTIME_S)
+    windows = recovery_windows(cell)
     if cell.condition == "freeze":
         windows = [(a - call.t0, b - call.t0) for a, b in call.freezes]
     if call.stream_record:

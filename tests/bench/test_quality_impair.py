@@ -132,3 +132,17 @@ def test_hold_delays_for_a_reactive_sender() -> None:
 def test_freeze_windows() -> None:
     assert parse("freeze").windows() == [(2.0, 2.5), (4.0, 4.5), (6.0, 6.5)]
     assert caller_schedule(parse("freeze"), 10, P).sends == caller_schedule(parse("clean"), 10, P).sends
+
+
+def test_recovery_counts_from_the_release_of_an_app_side_burst() -> None:
+    # At the caller a burst is K frames sent at once: it ends where it starts. At the app
+    # it is K-1 frames held and then sent with the last: it ends at that release, and the
+    # latency it left can only start to recover from there (as after a stall).
+    from bench.quality.run import Cell, recovery_windows
+
+    caller = recovery_windows(Cell("as8", "sln8", "burst50"))
+    app = recovery_windows(Cell("as8", "sln8", "burst50", where="app"))
+    held = [d for d in hold_delays(parse("burst50"), 200) if d > 0]
+    assert caller == [(2.0, 2.0)]
+    assert app == [(2.0, pytest.approx(2.0 + max(held)))]
+    assert recovery_windows(Cell("as8", "sln8", "stall1s", where="app")) == [(2.0, 3.0)]
