@@ -392,9 +392,20 @@ def analyze_outcome(o: Outcome, baselines: dict[tuple[str, str], float]) -> dict
             # Kept for the plot and for a later look; the other cells' figures say enough.
             res["latency_series"] = [[round(t, 3), round(v, 1)] for t, v, _k in a.latency]
         played = M.played_signal(rx, play, call.t0, rate)
-        ref_deg = M.codec_chain(src, codec_steps(leg, app), rate)
-        res["pesq"] = _r(M.pesq_score(src, played, rate))
-        res["pesq_reference"] = _r(M.pesq_score(src, ref_deg, rate))
+        # An RTP leg plays none of the caller's packets that only latched its source
+        # (strict-RTP probation, documented in streams/_rtpleg.py: they would start the
+        # call 60 ms late): they are not a fault of the path, so both PESQ scores are
+        # taken against the source with those frames silent (reported as probation_frames).
+        probation = next((int(v) for k, v in _flat(call.stream_record).items()
+                          if k.endswith("probation_dropped")), 0)  # fmt: skip
+        heard = src
+        if probation:
+            heard = src.copy()
+            heard[: probation * n] = 0.0
+            res["probation_frames"] = probation
+        ref_deg = M.codec_chain(heard, codec_steps(leg, app), rate)
+        res["pesq"] = _r(M.pesq_score(heard, played, rate))
+        res["pesq_reference"] = _r(M.pesq_score(heard, ref_deg, rate))
         whole, _lag = M.ncc_whole(played, src)
         win = M.ncc_windows(played, src, rate)
         res["xcorr"] = {"whole": _r(whole, 3), "window_min": _r(min(win), 3) if win else None,
