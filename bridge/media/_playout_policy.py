@@ -42,11 +42,7 @@ the one before it ends, whichever is later. So:
     empties the queue, the slot is held for the next frame like a late one;
   - the rest (less than half a ptime; more counts as a whole frame) by shortening the
     next frame by that much, spliced the same way, and moving the grid that much
-    earlier, so the far side gets exactly as much audio as time passes. Not on a leg
-    whose wire has a fixed packet time (``shorten=False``: RTP repacketises to its
-    ptime, so a short frame would only wait for the next one to fill its packet, and
-    every later packet with it: a standing ptime minus the cut, measured +15-20 ms on
-    RTP legs); there only whole frames are trimmed.
+    earlier, so the far side gets exactly as much audio as time passes.
 
   An app that sends faster than real time (TTS sending seconds ahead, in bursts or
   frame by frame) or pauses is never trimmed: every frame it sends is played, in order.
@@ -126,9 +122,6 @@ class PlayoutPolicy:
     #: The far side plays what it gets at once (AudioSocket, RTP): send on arrival.
     exact_pacing: bool = True
     trim: bool = True
-    #: Trim the part of a ptime by sending one frame short (see ``_trim``); False for a
-    #: leg that repacketises to a fixed packet time (RTP).
-    shorten: bool = True
     max_catch_up: int = 1
     #: Every paced frame's lateness is also recorded here (process-wide metrics).
     lateness_parent: LatenessHistogram | None = None
@@ -454,10 +447,8 @@ class PlayoutPolicy:
         if rest > ptime / 2:
             whole, rest = whole + 1, 0.0
         self._drop_debt = whole
-        if rest > TRIM_SLACK_S and self.shorten:
+        if rest > TRIM_SLACK_S:
             self._shorten_bytes = 2 * round(rest * self._bytes_per_s / 2)
-        elif not whole:
-            return  # less than half a ptime, and no frame may be cut short: nothing to do
         self.trims += 1
 
     def _pay_debt(self) -> None:

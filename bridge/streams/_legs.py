@@ -64,10 +64,6 @@ class CallLeg(Protocol):
     #: The far side keeps its own playout queue (carrier WebSockets): send ahead, and
     #: let it echo marks, instead of pacing to the wire and echoing marks ourselves.
     far_side_buffers: bool
-    #: The wire carries audio in packets of one fixed ptime (RTP repacketises to it): a
-    #: frame sent short would wait for the next to fill its packet, so the playout never
-    #: shortens a frame to trim latency on this leg (whole frames only).
-    fixed_ptime: bool
 
     @property
     def sample_rate(self) -> int:

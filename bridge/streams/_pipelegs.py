@@ -38,8 +38,6 @@ class PipeCallLeg:
     #: Events that arrived with the start (e.g. audio in the same TCP chunk as the UUID).
     pending: Sequence[Event] = ()
     far_side_buffers: bool = False
-    #: Each frame goes out as its own message, whatever its length.
-    fixed_ptime: bool = False
     #: Send the dialect's hangup message before closing (AudioSocket ``00 00 00``).
     hangup_on_close: bool = True
     #: A dropped connection may be replaced within the route's reconnect window

@@ -137,8 +137,6 @@ class RtpCallLeg:
     kind: str = attrs.field(default=_RTP.name, init=False)
     #: Raw RTP has no playout queue at the far end: the Stream paces to the wire.
     far_side_buffers: bool = attrs.field(default=False, init=False)
-    #: send_audio repacketises to the wire's ptime (see CallLeg.fixed_ptime).
-    fixed_ptime: bool = attrs.field(default=True, init=False)
 
     # -- counters (plain ints; the record picks them up through jitter_counters) --------
     malformed: int = attrs.field(default=0, init=False)

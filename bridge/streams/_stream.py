@@ -502,7 +502,6 @@ class Stream:
                 lead_frames=s.send_ahead_frames if self.call.far_side_buffers else 0,
                 exact_pacing=not self.call.far_side_buffers,
                 trim=s.trim_latency,
-                shorten=not self.call.fixed_ptime,
                 max_catch_up=s.max_catch_up_frames,
                 lateness_parent=self.lateness_total,
             )

@@ -326,28 +326,3 @@ def test_pause_serves_no_slot_and_resume_plays_everything_in_order() -> None:
     assert policy.trimmed_frames == 0
     policy.resume(now)  # idempotent
     assert policy.pauses == 1
-
-
-@pytest.mark.parametrize("burst", [4, 10])
-def test_fixed_ptime_leg_trims_whole_frames_only(burst: int) -> None:
-    """RTP repacketises to its ptime: a frame sent short would wait there for the next
-    one to fill its packet, and every later packet with it (+15-20 ms for the rest of
-    the call, seen on RTP legs). With ``shorten=False`` every frame goes out whole and
-    the standing latency still goes, a frame at a time."""
-    frames = 300
-    # A burst at the start, and the app's phase 8 ms off the grid: both the whole frames
-    # and the part of a ptime would be trimmed on a leg that can shorten.
-    arrivals = [
-        (T0 + max(0, k - burst + 1) * PTIME - (0.008 if k >= 100 else 0.0), numbered(k))
-        for k in range(frames)
-    ]
-    due = {k: t for k, (t, _) in enumerate(arrivals)}
-    shortening = simulate(arrivals, T0 + 8.0)
-    assert shortening.policy.shortened_frames >= 1
-    result = simulate(arrivals, T0 + 8.0, policy=PlayoutPolicy(FB, PTIME, shorten=False))
-    assert result.policy.shortened_frames == 0
-    assert all(s.pcm is None or len(s.pcm) == FB for s in result.sent)
-    assert result.policy.trimmed_frames >= burst - 2
-    lat = latency_by_frame(result, due)
-    assert max(lat[k] for k in range(frames - 50, frames)) < PTIME / 2 + 0.002
-    accounted(result, frames)

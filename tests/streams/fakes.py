@@ -22,7 +22,6 @@ class FakeCallLeg:
 
     kind: str = "fake"
     far_side_buffers: bool = False
-    fixed_ptime: bool = False
     rate: int = 8000
     sent: list[tuple[float, bytes]] = attrs.field(factory=list)
     events_sent: list[Event] = attrs.field(factory=list)
