@@ -170,6 +170,7 @@ class RtpCallLeg:
     _held: list[bytes] = attrs.field(factory=list, init=False)
     # Outgoing: bytes of PCM16 per wire packet, a partial packet when tick != ptime.
     _wire_bytes: int = attrs.field(init=False)
+    _same_ptime: bool = attrs.field(init=False)
     _pending: bytearray = attrs.field(factory=bytearray, init=False)
     # RFC 4733 trains waiting to go out, and the position in the first one.
     _trains: collections.deque[list[bytes]] = attrs.field(factory=collections.deque, init=False)
@@ -194,6 +195,7 @@ class RtpCallLeg:
             max_depth_ms=self.jitter_max_ms,
         )
         self._wire_bytes = 2 * (self._rate * session.ptime_ms // 1000)
+        self._same_ptime = tick == session.ptime_ms
         self._io = DatagramSocket.take(
             self.sock, destination=self.remote, on_error=self._on_socket_error
         )
@@ -464,7 +466,12 @@ class RtpCallLeg:
         if self._closed:
             return
         wire = self._wire_bytes
-        if len(pcm) == wire and not self._pending:
+        if not self._pending and (len(pcm) == wire or (len(pcm) < wire and self._same_ptime)):
+            # A frame shorter than the ptime is the playout trimming standing latency: it
+            # goes as one short packet (RFC 3551 §4.2: a receiver accepts packets of any
+            # duration up to 200 ms; the timestamp advances by its samples). Holding it
+            # to fill a whole packet would make it, and every packet after it, wait for
+            # the next tick: a standing ptime minus the cut, the opposite of the trim.
             self._send_slot(pcm)
             return
         # The stream's tick and the wire's ptime differ: repacketise to the wire's ptime.

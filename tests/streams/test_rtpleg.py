@@ -470,6 +470,30 @@ async def test_wire_ptime_longer_than_the_tick_repacketises(
         assert h.leg.packets_sent == 0
 
 
+async def test_a_short_frame_goes_as_a_short_packet_at_once(
+    harness_factory: Any, open_peer: Any
+) -> None:
+    """The playout trims standing latency by sending one frame a few ms short. It goes
+    at once as a short packet (RFC 3551 §4.2), its timestamp step its own samples, and
+    the next frame as a whole packet at once: held to fill a packet instead, it (and
+    every packet after it) waited a tick, a standing +15-20 ms the quality rig saw."""
+    with trio.fail_after(5):
+        peer = await open_peer()
+        h = await harness_factory(remote=peer.address)
+        cut = 40  # 5 ms at 8 kHz
+        h.leg.send_audio(pcm_of(0)[: 2 * (160 - cut)])
+        with trio.fail_after(1):
+            first, _ = await peer.sock.recvfrom(2048)
+        assert first[12:] == ulaw_frame(0)[: 160 - cut]
+        h.leg.send_audio(pcm_of(1))
+        with trio.fail_after(1):
+            second, _ = await peer.sock.recvfrom(2048)
+        assert second[12:] == ulaw_frame(1)
+        ts = [struct.unpack("!I", p[4:8])[0] for p in (first, second)]
+        assert (ts[1] - ts[0]) & 0xFFFFFFFF == 160 - cut
+        assert h.leg.packets_sent == 2
+
+
 async def test_l16_is_big_endian_on_the_wire(harness_factory: Any, open_peer: Any) -> None:
     with trio.fail_after(5):
         peer = await open_peer("l16", 16000)
