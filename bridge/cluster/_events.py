@@ -24,7 +24,8 @@ survivor dies too, the next one claims the takeover after its PX runs out and
 ``XAUTOCLAIM`` hands it the first survivor's pending entries. When the dead node's stream
 is empty the node is forgotten.
 
-**Delivery policy** (as the SQLite outbox, ``daemon/_outbox.py``): at least once, with
+**Delivery policy** (as the SQLite outbox, ``daemon/_outbox.py``; one POST attempt and
+the backoff are the outbox's own code, ``bridge/_callbackpost.py``): at least once, with
 the same ``event_id`` on every attempt (duplicates only after a crash between the POST
 and the XACK, or while a node cut off from Redis and its survivor both deliver); one
 event per stream at a time, in order (a stream's events all live in one node's Redis
@@ -39,11 +40,9 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import attrs
@@ -54,6 +53,7 @@ import msgspec
 import trio
 import trio.lowlevel
 
+from .._callbackpost import CallbackOutcome, Sign, post_callback, retry_delay_s
 from .._errors import ClusterUnavailable
 from ._redis import Keys, RedisLink
 
@@ -63,8 +63,6 @@ logger = logging.getLogger("bridge.cluster.events")
 
 GROUP = "deliver"
 _BATCH = 256
-_MAX_ERROR_BODY = 512
-_MAX_RESPONSE_BYTES = 64 * 1024
 _FAILED_MAXLEN = 10_000
 
 
@@ -95,36 +93,12 @@ class _Item:
     last_error: str = ""
 
 
-@attrs.frozen(slots=True)
-class _Outcome:
-    kind: str  # delivered | retry | permanent
-    error: str = ""
-    retry_after: float | None = None
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _retryable(status: int) -> bool:
-    return status >= 500 or status in (408, 429)
-
-
 @attrs.define(eq=False)
 class ClusterEvents:
     link: RedisLink
     keys: Keys
     node_id: str
-    sign: Callable[[bytes, str, int], str]
+    sign: Sign
     metrics: Any  # _node.ClusterMetrics
     lease_s: float = 5.0
     callback_timeout_s: float = 5.0
@@ -490,53 +464,23 @@ class ClusterEvents:
         self._finish(stream_id, item)
 
     def _retry_delay(self, attempts: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff_s)
-        ceiling = min(self.max_backoff_s, self.backoff_s * 2.0 ** min(attempts - 1, 60))
-        return random.uniform(0.0, ceiling)
+        return retry_delay_s(
+            attempts, retry_after, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s
+        )
 
-    async def _post(self, doc: EventDoc) -> _Outcome:
+    async def _post(self, doc: EventDoc) -> CallbackOutcome:
         assert self.client is not None
-        body = doc.body.encode()
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": self.user_agent,
-            "X-Bridge-Event-Id": doc.event_id,
-        }
-        if doc.callback_secret:
-            headers["X-Bridge-Signature"] = self.sign(body, doc.callback_secret, int(time.time()))
-        status = 0
-        retry_after: str | None = None
-        snippet = b""
-        with trio.move_on_after(self.callback_timeout_s) as scope:
-            try:
-                async with self.client.stream(
-                    "POST", doc.callback_url, content=body, headers=headers
-                ) as response:
-                    status = response.status_code
-                    retry_after = response.headers.get("retry-after")
-                    read = 0
-                    async for chunk in response.aiter_raw():
-                        if read < _MAX_ERROR_BODY:
-                            snippet += chunk[: _MAX_ERROR_BODY - read]
-                        read += len(chunk)
-                        if read > _MAX_RESPONSE_BYTES:
-                            break
-            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-                return _Outcome("permanent", f"bad callback URL: {exc}")
-            except httpx.HTTPError as exc:
-                return _Outcome("retry", f"{type(exc).__name__}: {exc}")
-            except Exception as exc:
-                logger.exception("callback POST raised unexpectedly")
-                return _Outcome("permanent", f"unexpected error: {exc!r}")
-        if scope.cancelled_caught:
-            return _Outcome("retry", f"timed out after {self.callback_timeout_s:g}s")
-        if 200 <= status < 300:
-            return _Outcome("delivered")
-        detail = f"HTTP {status}"
-        text = snippet.decode("utf-8", "replace").strip()
-        if text:
-            detail += f": {text[:200]}"
-        if _retryable(status):
-            return _Outcome("retry", detail, _parse_retry_after(retry_after))
-        return _Outcome("permanent", detail)
+        # The same request and reading of the answer as the local outbox; whether the
+        # receiver's whole origin is down (``origin_down``) is not used here: each
+        # event backs off on its own.
+        return await post_callback(
+            self.client,
+            doc.callback_url,
+            doc.body.encode(),
+            event_id=doc.event_id,
+            secret=doc.callback_secret,
+            sign=self.sign,
+            user_agent=self.user_agent,
+            timeout_s=self.callback_timeout_s,
+            log=logger,
+        )

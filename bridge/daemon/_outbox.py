@@ -36,7 +36,8 @@ again, with the same ``event_id``. Retried with exponential backoff and full jit
 connect errors, timeouts, 5xx, 429 and 408 (``Retry-After`` honoured, capped at
 ``max_backoff_s``); any other status is a permanent failure. An event still failing
 ``give_up_after_s`` after its timestamp is marked failed (``expired``). Failed events stay
-in the database.
+in the database. One attempt (the signed request, its time and size bounds, how the
+answer is read) and the backoff are ``bridge/_callbackpost.py``, shared with cluster mode.
 
 **Origins.** Connect errors, timeouts, 429 and 502-504 mark the receiver's origin
 (scheme, host, port) down: its streams park in a line and one probe at a time, on the
@@ -85,13 +86,11 @@ import itertools
 import logging
 import math
 import os
-import random
 import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import IO, Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -101,6 +100,8 @@ import msgspec
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from .._callbackpost import CallbackOutcome, post_callback, retry_delay_s
+from .._callbackpost import describe_error as _describe
 from .._errors import OutboxError
 from .._version import __version__
 from ._events import EVENT_NAMES, StreamEvent, StreamRecord, iso_utc, sign
@@ -123,11 +124,6 @@ _INFLIGHT_GRACE_S = 1.0
 # Pruning deletes in chunks so one large delete never holds the connection (and with it
 # the writer) for long.
 _PRUNE_CHUNK = 5000
-# Enough of an error response to explain it in a log line; the rest is discarded.
-_MAX_ERROR_BODY = 512
-# Bytes read from any response before it is dropped: a receiver cannot make us buffer
-# megabytes.
-_MAX_RESPONSE_BYTES = 64 * 1024
 # Most rows one list call returns.
 _MAX_LIST = 10_000
 # Undelivered events whose row (with its body) stays in memory; beyond this backlog new
@@ -241,16 +237,6 @@ class _Pending:
     attempts: int = 0
     last_error: str | None = None
     not_before: float = -math.inf  # trio clock: a Retry-After still to be honoured
-
-
-@attrs.frozen(slots=True)
-class _Outcome:
-    kind: Literal["delivered", "retry", "permanent"]
-    error: str | None = None
-    retry_after: float | None = None
-    # The receiver as a whole is unreachable or overloaded (not just this event): the
-    # failure gates every stream sending to the same origin.
-    origin_down: bool = False
 
 
 @attrs.define(slots=True)
@@ -598,28 +584,6 @@ def _prune_chunk(conn: sqlite3.Connection, cutoff: float) -> tuple[int, int]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
-
-
 @functools.lru_cache(maxsize=1024)
 def _origin_key(url: str) -> str:
     try:
@@ -635,16 +599,6 @@ def _origin_key(url: str) -> str:
 def _clamp_limit(limit: int) -> int:
     # SQLite reads a negative LIMIT as "no limit"; the admin API passes user input here.
     return max(0, min(int(limit), _MAX_LIST))
-
-
-# Statuses that say the receiver as a whole is overloaded or unavailable (as opposed
-# to a 500 that may be about this one event).
-_ORIGIN_DOWN_STATUSES = frozenset({429, 502, 503, 504})
-
-
-def _retryable_status(status: int) -> bool:
-    # 408 is the server saying the request took too long: a timeout like any other.
-    return status >= 500 or status in (408, 429)
 
 
 # --------------------------------------------------------------------------- the store
@@ -1240,7 +1194,9 @@ class EventStore:
 
     # -- delivery: origins ------------------------------------------------------------
 
-    def _origin_failed(self, key: str, origin: _Origin, outcome: _Outcome, probe: bool) -> None:
+    def _origin_failed(
+        self, key: str, origin: _Origin, outcome: CallbackOutcome, probe: bool
+    ) -> None:
         if probe or origin.failures == 0:
             # Attempts that were already in flight when the origin went down fail
             # together; only the first of them and each later probe extend the backoff.
@@ -1495,76 +1451,22 @@ class EventStore:
         self._schedule_retry(stream_id, delay)
 
     def _retry_delay(self, attempts: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self._max_backoff)
-        # Full jitter: uniform over [0, capped exponential] spreads a thundering herd
-        # of streams retrying against a receiver that just came back.
-        ceiling = min(self._max_backoff, self._backoff * 2.0 ** min(attempts - 1, 60))
-        return random.uniform(0.0, ceiling)
+        return retry_delay_s(
+            attempts, retry_after, backoff_s=self._backoff, max_backoff_s=self._max_backoff
+        )
 
-    async def _post(self, row: _Row) -> _Outcome:
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "X-Bridge-Event-Id": row.event_id,
-        }
-        if row.callback_secret:
-            # Signed per attempt: the timestamp must be fresh for the receiver's tolerance.
-            headers["X-Bridge-Signature"] = sign(row.body, row.callback_secret, int(time.time()))
-        status = 0
-        retry_after: str | None = None
-        snippet = b""
-        # The cancel scope bounds the whole exchange; httpx's own timeouts are per phase
-        # and a receiver trickling bytes could outlast them.
-        with trio.move_on_after(self._timeout) as scope:
-            try:
-                async with self._client.stream(
-                    "POST", row.callback_url, content=row.body, headers=headers
-                ) as response:
-                    status = response.status_code
-                    retry_after = response.headers.get("retry-after")
-                    read = 0
-                    async for chunk in response.aiter_raw():
-                        if read < _MAX_ERROR_BODY:
-                            snippet += chunk[: _MAX_ERROR_BODY - read]
-                        read += len(chunk)
-                        if read > _MAX_RESPONSE_BYTES:
-                            break
-            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-                return _Outcome("permanent", f"bad callback URL: {_describe(exc)}")
-            except (httpx.ConnectError, httpx.TimeoutException) as exc:
-                # Refused, unresolvable, unreachable, or not answering in time.
-                return _Outcome("retry", _describe(exc), origin_down=True)
-            except httpx.HTTPError as exc:
-                return _Outcome("retry", _describe(exc))
-            except Exception as exc:
-                # Not a network failure but something about this event httpx refused
-                # (e.g. a header it cannot encode). Retrying would loop forever; keep it
-                # as failed (visible via the API) instead of crashing the daemon.
-                logger.exception("callback POST raised unexpectedly")
-                return _Outcome("permanent", f"unexpected error: {_describe(exc)}")
-        if scope.cancelled_caught:
-            if status:
-                return _Outcome(
-                    "retry",
-                    f"HTTP {status}, response not finished in {self._timeout:g}s",
-                    origin_down=True,
-                )
-            return _Outcome("retry", f"timed out after {self._timeout:g}s", origin_down=True)
-        if 200 <= status < 300:
-            return _Outcome("delivered")
-        detail = f"HTTP {status}"
-        text = snippet.decode("utf-8", "replace").strip()
-        if text:
-            detail += f": {text[:200]}"
-        if _retryable_status(status):
-            return _Outcome(
-                "retry",
-                detail,
-                _parse_retry_after(retry_after),
-                origin_down=status in _ORIGIN_DOWN_STATUSES,
-            )
-        return _Outcome("permanent", detail)
+    async def _post(self, row: _Row) -> CallbackOutcome:
+        return await post_callback(
+            self._client,
+            row.callback_url,
+            row.body,
+            event_id=row.event_id,
+            secret=row.callback_secret,
+            sign=sign,
+            user_agent=USER_AGENT,
+            timeout_s=self._timeout,
+            log=logger,
+        )
 
     # -- pruning -----------------------------------------------------------------------------
 
