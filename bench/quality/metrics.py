@@ -29,6 +29,7 @@ sample p (source frame k = round(p / N)), is::
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,28 +180,30 @@ def frames_from_chunks(chunks: Sequence[tuple[float, bytes]], frame_samples: int
     play: list[float] = []
     rate = frame_samples / ptime_s
     buf = np.zeros(0)
-    # (arrival, play) of the chunk holding buf[0], and buf[0]'s offset in that chunk;
-    # the chunks that follow it within buf, with the index in buf where each starts.
-    starts: list[tuple[int, float, float]] = []  # (index in buf, arrival, play start)
-    end = -math.inf
+    # Every chunk still (partly) in buf: (index of its first sample in the whole received
+    # stream, when it arrived, when it starts to play).
+    chunk_starts: deque[tuple[int, float, float]] = deque()
+    total = 0  # samples received so far
+    first = 0  # stream index of buf[0]
+    end = -math.inf  # when everything received so far has played
     for t, chunk in chunks:
         samples = _from_pcm16(chunk)
         if not samples.size:
             continue
         begin = max(t, end)
         end = begin + samples.size / rate
-        starts.append((buf.size, t, begin))
+        chunk_starts.append((total, t, begin))
+        total += samples.size
         buf = np.concatenate([buf, samples]) if buf.size else samples
         while buf.size >= frame_samples:
-            # The chunk holding buf[0]: the last start at or before index 0.
-            i0, a0, b0 = starts[0]
+            while len(chunk_starts) > 1 and chunk_starts[1][0] <= first:
+                chunk_starts.popleft()
+            index, arrived, begins = chunk_starts[0]
             pcm.append(buf[:frame_samples])
-            arrival.append(a0)
-            play.append(b0 + (0 - i0) / rate)
+            arrival.append(arrived)
+            play.append(begins + (first - index) / rate)
             buf = buf[frame_samples:]
-            starts = [(i - frame_samples, a, b) for i, a, b in starts]
-            while len(starts) > 1 and starts[1][0] <= 0:
-                starts.pop(0)
+            first += frame_samples
     return Received(pcm, arrival, play)
 
 
